@@ -1,0 +1,279 @@
+"""Stages and blocks of a CNN, found from the traced graph's topology.
+
+The *trunk* is the chain of nodes every input-to-output path passes through (the dominators of
+the output node). Between two consecutive trunk nodes the graph is either a single edge or a
+multi-path region. A region that ends in an ``add`` is a residual block: its entry is the
+join's immediate dominator, the join's operand reached without the main convolutions is the
+shortcut (identity, parameter-free such as pad-and-subsample or pooling, or a projection conv).
+Convolutions on the trunk form plain conv units (a conv and the same-shaped pointwise ops after
+it); a depthwise unit followed by a linear 1x1 unit (and preceded by an expanding 1x1 unit) is
+an inverted residual without shortcut, as in MobileNetV2/EfficientNet.
+
+Blocks are the residual and inverted-residual units; a network with none (VGG) uses its conv
+units as blocks. Stages are runs of consecutive blocks with the same output shape (width and
+resolution). Block ids follow the paper: ``"s.b"``, both 1-based. Ids a pass stamped on nodes
+(``node.meta["fxprune.block_id"]``) win over positional numbering, so ids survive rewrites.
+
+Everything here reads the graph; nothing here changes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import groupby
+
+import networkx as nx
+from torch import fx, nn
+
+from fxprune.errors import PreconditionError
+from fxprune.graph import (conv_of, feature_shape, is_activation, is_add, is_depthwise,
+                           named_modules, output_node, tensor_inputs, to_digraph)
+
+BLOCK_ID_META = "fxprune.block_id"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A droppable-or-not unit of the network, described by node names of the analysed graph."""
+
+    id: str
+    kind: str  # "residual" | "inverted_residual" | "conv"
+    entry: str  # node whose output enters the block
+    exit: str  # node whose output leaves the block
+    nodes: tuple[str, ...]  # nodes inside the block (entry excluded), in graph order
+    convs: tuple[str, ...]  # convs of the main (residual) branch, in graph order
+    shortcut: str  # "identity" | "projection" | "parameter-free" | "none"
+    shortcut_output: str | None  # the join's operand coming from the shortcut
+    shortcut_convs: tuple[str, ...]
+    join: str | None  # the add node of a residual block
+    in_shape: tuple[int, ...]  # (C, H, W)
+    out_shape: tuple[int, ...]
+
+    @property
+    def droppable(self) -> bool:
+        """The shortcut alone (or nothing, for a shortcut-free unit) can stand in for the block."""
+        return self.in_shape == self.out_shape
+
+    @property
+    def stage(self) -> int:
+        return int(self.id.split(".")[0])
+
+
+@dataclass(frozen=True)
+class Stage:
+    id: int
+    blocks: tuple[Block, ...]
+
+
+@dataclass(frozen=True)
+class Structure:
+    stages: tuple[Stage, ...]
+    stem: tuple[str, ...]  # trunk convs before the first block (not part of any stage)
+    head: tuple[str, ...]  # trunk convs after the last block
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        return tuple(block for stage in self.stages for block in stage.blocks)
+
+    def block(self, block_id: str) -> Block:
+        for block in self.blocks:
+            if block.id == block_id:
+                return block
+        known = ", ".join(block.id for block in self.blocks) or "none"
+        raise PreconditionError(f"no block '{block_id}' in this network (blocks: {known})")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A block before it has an id."""
+
+    kind: str
+    entry: str
+    exit: str
+    nodes: tuple[str, ...]
+    convs: tuple[str, ...]
+    shortcut: str = "none"
+    shortcut_output: str | None = None
+    shortcut_convs: tuple[str, ...] = ()
+    join: str | None = None
+    linear: bool = False  # no activation after the conv (a linear bottleneck)
+
+
+class _View:
+    """One graph's lookup tables, built once per analysis."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.graph = gm.graph
+        self.modules = named_modules(gm)
+        self.digraph = to_digraph(gm.graph)
+        self.nodes = {node.name: node for node in gm.graph.nodes}
+        self.order = {node.name: index for index, node in enumerate(gm.graph.nodes)}
+
+    def between(self, start: str, end: str) -> set[str]:
+        """Nodes on some path from ``start`` to ``end``, both excluded."""
+        return (nx.descendants(self.digraph, start) & nx.ancestors(self.digraph, end)) - {
+            start, end}
+
+    def sorted(self, names) -> tuple[str, ...]:
+        return tuple(sorted(names, key=self.order.__getitem__))
+
+    def convs(self, names) -> tuple[str, ...]:
+        return self.sorted(name for name in names
+                           if conv_of(self.nodes[name], self.modules) is not None)
+
+
+def trunk(graph: fx.Graph) -> list[fx.Node]:
+    """Nodes that every path from an input to the output passes through, in graph order."""
+    digraph = to_digraph(graph)
+    root = "__fxprune_root__"
+    for node in graph.nodes:
+        if not node.all_input_nodes:
+            digraph.add_edge(root, node.name)
+    dominators = nx.immediate_dominators(digraph, root)
+    chain, name = [], output_node(graph).name
+    while name != root:
+        chain.append(name)
+        name = dominators[name]
+    by_name = {node.name: node for node in graph.nodes}
+    return [by_name[name] for name in reversed(chain) if by_name[name].op != "output"]
+
+
+def _residual_unit(view: _View, entry: fx.Node, join: fx.Node, exit_node: fx.Node
+                   ) -> _Unit | None:
+    """The residual block ``entry -> join``, or None when the region is not one (e.g. both
+    operands come through the same nodes, or neither side has a conv)."""
+    operands = tensor_inputs(join)
+    if len(operands) != 2:
+        return None
+    sides = []
+    for operand in operands:
+        side = set() if operand is entry else view.between(entry.name, operand.name) | {
+            operand.name}
+        sides.append((len(view.convs(side)), len(side), operand, side))
+    sides.sort(key=lambda item: item[:2])
+    (_, _, short_out, short_nodes), (_, _, _, branch_nodes) = sides
+    branch_convs = view.convs(branch_nodes)
+    if not branch_convs or short_nodes & branch_nodes:
+        return None
+    if short_out is entry:
+        shortcut = "identity"
+    elif view.convs(short_nodes):
+        shortcut = "projection"
+    else:
+        shortcut = "parameter-free"
+    depthwise = any(is_depthwise(conv_of(view.nodes[name], view.modules)) for name in branch_convs)
+    inside = view.between(entry.name, exit_node.name) | {exit_node.name}
+    return _Unit(kind="inverted_residual" if depthwise else "residual", entry=entry.name,
+                 exit=exit_node.name, nodes=view.sorted(inside), convs=branch_convs,
+                 shortcut=shortcut, shortcut_output=short_out.name,
+                 shortcut_convs=view.convs(short_nodes), join=join.name)
+
+
+def _is_residual_join(view: _View, previous: fx.Node, node: fx.Node) -> bool:
+    return is_add(node) and len(tensor_inputs(node)) == 2 and bool(
+        view.between(previous.name, node.name))
+
+
+def _trunk_units(view: _View) -> list[_Unit]:
+    """Residual regions and conv units along the trunk, in order."""
+    chain = trunk(view.graph)
+    units: list[_Unit] = []
+    index = 1
+    while index < len(chain):
+        previous, node = chain[index - 1], chain[index]
+        if _is_residual_join(view, previous, node):
+            following = chain[index + 1] if index + 1 < len(chain) else None
+            exit_node = node
+            if following is not None and list(node.users) == [following] and \
+                    is_activation(following, view.modules):
+                exit_node, index = following, index + 1
+            unit = _residual_unit(view, previous, node, exit_node)
+            if unit is not None:
+                units.append(unit)
+        elif conv_of(node, view.modules) is not None:
+            members = [node]
+            while index + 1 < len(chain):
+                following = chain[index + 1]
+                if conv_of(following, view.modules) is not None or \
+                        feature_shape(following) != feature_shape(node) or \
+                        _is_residual_join(view, members[-1], following):
+                    break
+                members.append(following)
+                index += 1
+            inside = {member.name for member in members}
+            for first, second in zip(members, members[1:]):
+                inside |= view.between(first.name, second.name)  # side branches such as SE
+            activated = any(is_activation(member, view.modules) for member in members)
+            units.append(_Unit(kind="conv", entry=previous.name, exit=members[-1].name,
+                               nodes=view.sorted(inside), convs=(node.name,),
+                               linear=not activated))
+        index += 1
+    return units
+
+
+def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
+    """Fold [1x1 expand] + depthwise + linear 1x1 project conv units into one shortcut-free
+    inverted-residual unit (MobileNetV2's first block of a stage)."""
+
+    def pointwise(unit: _Unit) -> bool:
+        conv = conv_of(view.nodes[unit.convs[0]], view.modules)
+        return unit.kind == "conv" and conv.kernel_size == (1, 1) and conv.groups == 1
+
+    def depthwise(unit: _Unit) -> bool:
+        conv = conv_of(view.nodes[unit.convs[0]], view.modules)
+        return unit.kind == "conv" and is_depthwise(conv)
+
+    merged: list[_Unit] = []
+    index = 0
+    while index < len(units):
+        unit = units[index]
+        project = units[index + 1] if index + 1 < len(units) else None
+        if depthwise(unit) and project is not None and pointwise(project) and project.linear \
+                and project.entry == unit.exit:
+            parts = [unit, project]
+            if merged and pointwise(merged[-1]) and not merged[-1].linear and \
+                    merged[-1].exit == unit.entry:
+                parts.insert(0, merged.pop())
+            merged.append(_Unit(
+                kind="inverted_residual", entry=parts[0].entry, exit=project.exit,
+                nodes=view.sorted(name for part in parts for name in part.nodes),
+                convs=tuple(name for part in parts for name in part.convs)))
+            index += 2
+            continue
+        merged.append(unit)
+        index += 1
+    return merged
+
+
+def find_structure(gm: fx.GraphModule) -> Structure:
+    """Stages and blocks of ``gm``, which must carry shapes (``fxprune.tracing.trace``)."""
+    view = _View(gm)
+    units = _merge_inverted_residuals(view, _trunk_units(view))
+    is_block = [unit.kind != "conv" for unit in units]
+    if not any(is_block):
+        is_block = [True] * len(units)  # plain networks (VGG): every conv unit is a block
+    first = is_block.index(True) if any(is_block) else len(units)
+    last = len(is_block) - is_block[::-1].index(True) if any(is_block) else len(units)
+    block_units = [unit for unit, keep in zip(units, is_block) if keep]
+    stem = tuple(name for unit in units[:first] for name in unit.convs)
+    head = tuple(name for unit in units[last:] for name in unit.convs)
+
+    stages = []
+    out_shape = lambda unit: feature_shape(view.nodes[unit.exit])  # noqa: E731
+    for stage_index, (_, group) in enumerate(groupby(block_units, key=out_shape), start=1):
+        blocks = []
+        for block_index, unit in enumerate(group, start=1):
+            blocks.append(Block(
+                id=_stamped_id(view, unit) or f"{stage_index}.{block_index}",
+                kind=unit.kind, entry=unit.entry, exit=unit.exit, nodes=unit.nodes,
+                convs=unit.convs, shortcut=unit.shortcut, shortcut_output=unit.shortcut_output,
+                shortcut_convs=unit.shortcut_convs, join=unit.join,
+                in_shape=feature_shape(view.nodes[unit.entry]),
+                out_shape=feature_shape(view.nodes[unit.exit])))
+        stages.append(Stage(id=blocks[0].stage, blocks=tuple(blocks)))
+    return Structure(stages=tuple(stages), stem=stem, head=head)
+
+
+def _stamped_id(view: _View, unit: _Unit) -> str | None:
+    return next((view.nodes[name].meta[BLOCK_ID_META] for name in unit.nodes
+                 if BLOCK_ID_META in view.nodes[name].meta), None)

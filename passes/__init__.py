@@ -1,0 +1,9 @@
+"""Graph rewriting passes: each takes a GraphModule and returns ``PassResult(gm, modified)``."""
+
+from fxprune.passes.drop_blocks import DropBlocks
+from fxprune.passes.fold_adapters import FoldAdapters
+from fxprune.passes.fold_batchnorm import FoldBatchNorm
+from fxprune.adapters import AdapterSite
+from fxprune.passes.insert_adapters import InsertAdapters
+
+__all__ = ["AdapterSite", "DropBlocks", "FoldAdapters", "FoldBatchNorm", "InsertAdapters"]

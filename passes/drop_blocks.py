@@ -1,0 +1,79 @@
+"""DropBlocks: remove whole blocks, so that where a block was the graph computes its shortcut.
+
+For a residual block ``y = act(F(x) + S(x))`` the block's output is replaced by ``S(x)`` (``x``
+for an identity shortcut). The trailing activation goes too when ``x`` already went through the
+same idempotent activation (ReLU after ReLU: ``relu(x) == x``); otherwise it stays, applied to
+``S(x)``. A shortcut-free unit (a VGG conv, a MobileNet inverted residual without shortcut)
+is replaced by its input. The branch's nodes and modules are then dead and removed.
+
+Block ids are the paper's ``"s.b"`` of the graph as first analysed: before the first drop the
+pass stamps every block's nodes with its id, so later analyses (and later drops) keep the
+original numbering. Dropping an id already dropped is a no-op, which makes the pass idempotent.
+
+Does not fire (``modified=False``) for an empty id list or ids all dropped before. Raises
+``PreconditionError`` for an unknown id or a block whose input and output shapes differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import fx
+
+from fxprune.analysis.structure import BLOCK_ID_META, Block, find_structure
+from fxprune.errors import PreconditionError
+from fxprune.graph import idempotent_activation_key, named_modules
+from fxprune.pass_manager import PassBase, PassResult
+from fxprune.rewrite import finalize
+
+DROPPED_META = "fxprune.dropped_blocks"
+
+
+class DropBlocks(PassBase):
+    def __init__(self, block_ids: Iterable[str]):
+        super().__init__()
+        self.block_ids = list(dict.fromkeys(block_ids))
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        dropped = gm.meta.setdefault(DROPPED_META, [])
+        wanted = [block_id for block_id in self.block_ids if block_id not in dropped]
+        if not wanted:
+            return PassResult(gm, False)
+        structure = find_structure(gm)
+        blocks = [structure.block(block_id) for block_id in wanted]
+        for block in blocks:
+            if not block.droppable:
+                raise PreconditionError(
+                    f"block {block.id} cannot be dropped: its input {list(block.in_shape)} and "
+                    f"output {list(block.out_shape)} differ, so no shortcut can stand in for it")
+        _stamp_block_ids(gm, structure.blocks)
+        nodes = {node.name: node for node in gm.graph.nodes}
+        modules = named_modules(gm)
+        for block in blocks:
+            _bypass(block, nodes, modules)
+            dropped.append(block.id)
+        finalize(gm)
+        return PassResult(gm, True)
+
+
+def _stamp_block_ids(gm: fx.GraphModule, blocks: Iterable[Block]) -> None:
+    nodes = {node.name: node for node in gm.graph.nodes}
+    for block in blocks:
+        for name in block.nodes:
+            nodes[name].meta.setdefault(BLOCK_ID_META, block.id)
+
+
+def _bypass(block: Block, nodes: dict[str, fx.Node], modules) -> None:
+    exit_node = nodes[block.exit]
+    if block.shortcut_output is None:
+        exit_node.replace_all_uses_with(nodes[block.entry])
+        return
+    shortcut = nodes[block.shortcut_output]
+    if block.exit == block.join:
+        exit_node.replace_all_uses_with(shortcut)
+        return
+    activation_key = idempotent_activation_key(exit_node, modules)
+    if activation_key is not None and activation_key == idempotent_activation_key(shortcut, modules):
+        exit_node.replace_all_uses_with(shortcut)
+    else:  # keep the trailing activation, now applied to the shortcut alone
+        exit_node.replace_input_with(nodes[block.join], shortcut)

@@ -1,0 +1,39 @@
+"""FoldBatchNorm: ``bn(conv(x))`` becomes one conv, ``W' = W γ/σ``, ``b' = (b − μ) γ/σ + β``.
+
+Uses the BN's running statistics, i.e. the function the network computes in eval mode.
+Does not fire when the conv's output has another user, when the conv's module is called at
+more than one node (shared weights), or when the BN keeps no running statistics. Folding
+removes the BN node, so a second run finds nothing to do.
+"""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from fxprune.adapters import fold_batchnorm
+from fxprune.graph import conv_of, module_of, named_modules
+from fxprune.pass_manager import PassBase, PassResult
+from fxprune.rewrite import finalize, owns_module, replace_module
+
+
+class FoldBatchNorm(PassBase):
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        modules = named_modules(gm)
+        modified = False
+        for node in list(gm.graph.nodes):
+            bn = module_of(node, modules)
+            if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
+                continue
+            producer = node.args[0]
+            conv = conv_of(producer, modules) if isinstance(producer, fx.Node) else None
+            if conv is None or len(producer.users) != 1 or not owns_module(gm, producer):
+                continue
+            folded = fold_batchnorm(conv, bn)
+            replace_module(gm, producer, folded)
+            modules[producer.target] = folded
+            node.replace_all_uses_with(producer)
+            gm.graph.erase_node(node)
+            modified = True
+        if modified:
+            finalize(gm)
+        return PassResult(gm, modified)

@@ -1,0 +1,73 @@
+"""Tracing, shape propagation, leaf modules and the errors for untraceable models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fxprune.errors import TraceError
+from fxprune.graph import shape_of
+from fxprune.models import cifar_resnet
+from fxprune.tracing import example_input, trace
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor value: torch.fx cannot trace through it."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gate = DataDependent()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.gate(self.conv(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_shapes_on_every_tensor_node():
+    gm = trace(cifar_resnet(20).eval(), (3, 32, 32))
+    shapes = {node.name: shape_of(node) for node in gm.graph.nodes if node.op != "output"}
+    assert shapes["x"] == (1, 3, 32, 32)
+    assert shapes["linear"] == (1, 10)
+    assert all(shape is not None for shape in shapes.values())
+
+
+def test_traced_equals_eager_and_model_is_untouched():
+    model = cifar_resnet(20).eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    gm = trace(model, (3, 32, 32))
+    x = example_input((3, 32, 32), batch=3)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    gm.train()
+    gm(x)  # BN statistics of the traced copy move ...
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)  # ... the model's do not
+
+
+def test_untraceable_module_is_named():
+    with pytest.raises(TraceError, match=r"module 'gate' \(DataDependent\) at .*test_tracing.py:\d+ `if x.sum\(\) > 0:`.*"
+                       r"--leaf gate"):
+        trace(Net().eval(), (3, 8, 8))
+
+
+def test_leaf_module_makes_it_traceable():
+    model = Net().eval()
+    gm = trace(model, (3, 8, 8), leaf_modules=["gate"])
+    assert [node.op for node in gm.graph.nodes if node.target == "gate"] == ["call_module"]
+    x = example_input((3, 8, 8), batch=2)
+    torch.testing.assert_close(gm(x), model(x))
+    assert trace(model, (3, 8, 8), leaf_modules=[DataDependent]) is not None
+
+
+def test_example_input_is_reproducible():
+    assert torch.equal(example_input((3, 4, 4), seed=3), example_input((3, 4, 4), seed=3))
+    assert example_input((3, 4, 4), batch=5, dtype=torch.float64).shape == (5, 3, 4, 4)
