@@ -40,6 +40,16 @@ def conv_of(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Conv2d | None:
     return module if isinstance(module, nn.Conv2d) else None
 
 
+def callers(gm: fx.GraphModule, target: str) -> list[fx.Node]:
+    """The ``call_module`` nodes that call submodule ``target``."""
+    return [node for node in gm.graph.nodes if node.op == "call_module" and node.target == target]
+
+
+def owns_module(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``node`` is the only caller of its module, so replacing the module changes nothing else."""
+    return node.op == "call_module" and len(callers(gm, node.target)) == 1
+
+
 def is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels
 

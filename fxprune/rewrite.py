@@ -5,16 +5,6 @@ from __future__ import annotations
 from torch import fx, nn
 
 
-def callers(gm: fx.GraphModule, target: str) -> list[fx.Node]:
-    """The ``call_module`` nodes that call submodule ``target``."""
-    return [node for node in gm.graph.nodes if node.op == "call_module" and node.target == target]
-
-
-def owns_module(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """``node`` is the only caller of its module, so replacing the module changes nothing else."""
-    return node.op == "call_module" and len(callers(gm, node.target)) == 1
-
-
 def replace_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
     """Point ``node``'s module path at a new module (the old object is left untouched)."""
     parent_path, _, attribute = node.target.rpartition(".")

@@ -20,14 +20,11 @@ from collections.abc import Iterable
 
 from torch import fx
 
-from fxprune.analysis.structure import BLOCK_ID_META, Block, find_structure
+from fxprune.analysis.structure import BLOCK_ID_META, DROPPED_META, Block, find_structure
 from fxprune.errors import PreconditionError
 from fxprune.graph import idempotent_activation_key, named_modules
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import finalize
-
-DROPPED_META = "fxprune.dropped_blocks"
-
 
 class DropBlocks(PassBase):
     def __init__(self, block_ids: Iterable[str]):
@@ -49,8 +46,9 @@ class DropBlocks(PassBase):
         _stamp_block_ids(gm, structure.blocks)
         nodes = {node.name: node for node in gm.graph.nodes}
         modules = named_modules(gm)
+        replaced: dict[str, fx.Node] = {}  # exit of a dropped block -> the node standing in
         for block in blocks:
-            _bypass(block, nodes, modules)
+            _bypass(block, nodes, modules, replaced)
             dropped.append(block.id)
         finalize(gm)
         return PassResult(gm, True)
@@ -63,17 +61,24 @@ def _stamp_block_ids(gm: fx.GraphModule, blocks: Iterable[Block]) -> None:
             nodes[name].meta.setdefault(BLOCK_ID_META, block.id)
 
 
-def _bypass(block: Block, nodes: dict[str, fx.Node], modules) -> None:
+def _bypass(block: Block, nodes: dict[str, fx.Node], modules,
+            replaced: dict[str, fx.Node]) -> None:
+    """Rewire the block's consumers; ``replaced`` resolves an entry or shortcut that was itself
+    the exit of a block dropped earlier in the same call."""
+
+    def current(name: str) -> fx.Node:
+        return replaced.get(name, nodes[name])
+
     exit_node = nodes[block.exit]
     if block.shortcut_output is None:
-        exit_node.replace_all_uses_with(nodes[block.entry])
-        return
-    shortcut = nodes[block.shortcut_output]
-    if block.exit == block.join:
-        exit_node.replace_all_uses_with(shortcut)
-        return
-    activation_key = idempotent_activation_key(exit_node, modules)
-    if activation_key is not None and activation_key == idempotent_activation_key(shortcut, modules):
-        exit_node.replace_all_uses_with(shortcut)
-    else:  # keep the trailing activation, now applied to the shortcut alone
-        exit_node.replace_input_with(nodes[block.join], shortcut)
+        stand_in = current(block.entry)
+    else:
+        stand_in = current(block.shortcut_output)
+        if block.exit != block.join:
+            key = idempotent_activation_key(exit_node, modules)
+            if key is None or key != idempotent_activation_key(stand_in, modules):
+                # keep the trailing activation, now applied to the shortcut alone
+                exit_node.replace_input_with(nodes[block.join], stand_in)
+                return
+    exit_node.replace_all_uses_with(stand_in)
+    replaced[block.exit] = stand_in

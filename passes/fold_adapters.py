@@ -21,9 +21,9 @@ from torch import fx
 
 from fxprune.adapters import Adapter, fold_after, fold_before
 from fxprune.errors import PreconditionError
-from fxprune.graph import conv_of, module_of, named_modules
+from fxprune.graph import conv_of, module_of, named_modules, owns_module
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import finalize, owns_module, replace_module
+from fxprune.rewrite import finalize, replace_module
 from fxprune.passes.fold_batchnorm import FoldBatchNorm
 
 
@@ -40,14 +40,14 @@ class FoldAdapters(PassBase):
             if not folded:
                 break
             modified = True
-        left = [node.name for node in gm.graph.nodes
-                if isinstance(module_of(node, named_modules(gm)), Adapter)]
+        if modified:
+            finalize(gm)  # before a strict failure too: the graph and its code must agree
+        modules = named_modules(gm)
+        left = [node.name for node in gm.graph.nodes if isinstance(module_of(node, modules), Adapter)]
         if self.strict and left:
             raise PreconditionError(
                 f"adapters could not be folded: {', '.join(left)} (each needs a neighbouring "
                 "ungrouped conv that is its only producer or only consumer)")
-        if modified:
-            finalize(gm)
         return PassResult(gm, modified)
 
     def _fold_one_round(self, gm: fx.GraphModule) -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from torch import fx, nn
 
 from fxprune.adapters import fold_batchnorm
-from fxprune.graph import conv_of, module_of, named_modules
+from fxprune.graph import conv_of, module_of, named_modules, owns_module
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import finalize, owns_module, replace_module
+from fxprune.rewrite import finalize, replace_module
 
 
 class FoldBatchNorm(PassBase):

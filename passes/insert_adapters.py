@@ -8,9 +8,11 @@ A site names a conv node and a side:
 * ``"output"``: every consumer of ``conv(x)`` reads ``A(conv(x))`` instead — the spot between a
   conv and its BN, or after a downsample conv. ``A`` has a bias (it folds exactly into the conv).
 
-Each adapter starts as the identity, so the pass does not change the network's function.
-Does not fire for a site that already has an adapter (idempotent). Raises ``PreconditionError``
-for a node that is not a conv, or a grouped conv (a dense 1x1 cannot fold into it).
+Each adapter starts as the identity, so the pass does not change the network's function. The
+adapter node remembers its site (``node.meta["fxprune.adapter_site"]``).
+Does not fire for a site that already has its adapter (idempotent). Raises
+``PreconditionError``, before changing anything, for a node that is not a conv (or is an
+adapter), or a grouped conv (a dense 1x1 cannot fold into it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import fx
 from fxprune.adapters import Adapter, AdapterSite
 from fxprune.analysis.structure import BLOCK_ID_META
 from fxprune.errors import PreconditionError
-from fxprune.graph import conv_of, module_of, named_modules
+from fxprune.graph import conv_of, named_modules
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import unique_module_name
 
@@ -37,47 +39,42 @@ class InsertAdapters(PassBase):
     def call(self, gm: fx.GraphModule) -> PassResult:
         modules = named_modules(gm)
         nodes = {node.name: node for node in gm.graph.nodes}
-        modified = False
-        for site in self.sites:
+        for site in self.sites:  # refuse before changing anything
             conv_node = nodes.get(site.conv)
             conv = conv_of(conv_node, modules) if conv_node is not None else None
-            if conv is None:
+            if conv is None or isinstance(conv, Adapter):
                 raise PreconditionError(f"adapter site '{site.conv}' is not a conv node")
             if conv.groups != 1:
                 raise PreconditionError(
                     f"no adapter at the {site.side} of grouped conv '{site.conv}' "
                     f"(groups={conv.groups}): a dense 1x1 conv cannot be folded into it")
-            if _has_adapter(conv_node, site.side, modules):
-                continue
-            channels = conv.in_channels if site.side == "input" else conv.out_channels
-            name = unique_module_name(gm, "fxprune_adapter")
-            gm.add_submodule(name, Adapter(channels, bias=site.side == "output").to(
-                device=conv.weight.device, dtype=conv.weight.dtype))
-            source = conv_node.args[0]
-            if site.side == "input":
-                with gm.graph.inserting_before(conv_node):
-                    adapter_node = gm.graph.call_module(name, (source,))
-                conv_node.replace_input_with(source, adapter_node)
-            else:
-                with gm.graph.inserting_after(conv_node):
-                    adapter_node = gm.graph.call_module(name, (conv_node,))
-                conv_node.replace_all_uses_with(adapter_node,
-                                                delete_user_cb=lambda user: user is not adapter_node)
-            _copy_meta(adapter_node, conv_node, shape_from=source if site.side == "input"
-                       else conv_node)
-            adapter_node.meta[ADAPTER_META] = site
-            modified = True
-        if modified:
+        placed = {node.meta[ADAPTER_META] for node in gm.graph.nodes if ADAPTER_META in node.meta}
+        new_sites = [site for site in self.sites if site not in placed]
+        for site in new_sites:
+            self._insert(gm, nodes[site.conv], conv_of(nodes[site.conv], modules), site)
+        if new_sites:
             gm.graph.lint()
             gm.recompile()
-        return PassResult(gm, modified)
+        return PassResult(gm, bool(new_sites))
 
-
-def _has_adapter(conv_node: fx.Node, side: str, modules) -> bool:
-    if side == "input":
-        return isinstance(module_of(conv_node.args[0], modules), Adapter)
-    users = list(conv_node.users)
-    return len(users) == 1 and isinstance(module_of(users[0], modules), Adapter)
+    @staticmethod
+    def _insert(gm: fx.GraphModule, conv_node: fx.Node, conv, site: AdapterSite) -> None:
+        channels = conv.in_channels if site.side == "input" else conv.out_channels
+        name = unique_module_name(gm, "fxprune_adapter")
+        gm.add_submodule(name, Adapter(channels, bias=site.side == "output").to(
+            device=conv.weight.device, dtype=conv.weight.dtype))
+        source = conv_node.args[0]
+        if site.side == "input":
+            with gm.graph.inserting_before(conv_node):
+                adapter_node = gm.graph.call_module(name, (source,))
+            conv_node.replace_input_with(source, adapter_node)
+        else:
+            with gm.graph.inserting_after(conv_node):
+                adapter_node = gm.graph.call_module(name, (conv_node,))
+            conv_node.replace_all_uses_with(adapter_node,
+                                            delete_user_cb=lambda user: user is not adapter_node)
+        _copy_meta(adapter_node, conv_node, shape_from=source if site.side == "input" else conv_node)
+        adapter_node.meta[ADAPTER_META] = site
 
 
 def _copy_meta(adapter_node: fx.Node, conv_node: fx.Node, shape_from: fx.Node) -> None:

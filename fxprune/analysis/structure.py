@@ -25,11 +25,13 @@ from itertools import groupby
 import networkx as nx
 from torch import fx, nn
 
+from fxprune.adapters import Adapter
 from fxprune.errors import PreconditionError
 from fxprune.graph import (conv_of, feature_shape, is_activation, is_add, is_depthwise,
                            named_modules, output_node, tensor_inputs, to_digraph)
 
 BLOCK_ID_META = "fxprune.block_id"
+DROPPED_META = "fxprune.dropped_blocks"  # gm.meta: ids of the blocks dropped so far
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,10 @@ class _View:
         self.digraph = to_digraph(gm.graph)
         self.nodes = {node.name: node for node in gm.graph.nodes}
         self.order = {node.name: index for index, node in enumerate(gm.graph.nodes)}
+        # After a drop, ids stamped on nodes decide what a block is: re-deriving it from the
+        # neighbourhood could merge a survivor with leftovers of the dropped block.
+        self.dropped = frozenset(gm.meta.get(DROPPED_META, ()))
+        self.stamped = bool(self.dropped)
 
     def between(self, start: str, end: str) -> set[str]:
         """Nodes on some path from ``start`` to ``end``, both excluded."""
@@ -117,9 +123,19 @@ class _View:
     def sorted(self, names) -> tuple[str, ...]:
         return tuple(sorted(names, key=self.order.__getitem__))
 
+    def conv(self, node: fx.Node) -> nn.Conv2d | None:
+        """The conv a node calls; adapters are transparent to the analysis."""
+        conv = conv_of(node, self.modules)
+        return None if isinstance(conv, Adapter) else conv
+
     def convs(self, names) -> tuple[str, ...]:
-        return self.sorted(name for name in names
-                           if conv_of(self.nodes[name], self.modules) is not None)
+        return self.sorted(name for name in names if self.conv(self.nodes[name]) is not None)
+
+    def stamp(self, node: fx.Node) -> str | None:
+        """The block id stamped on ``node``; None for a leftover of a dropped block (such as
+        its projection shortcut), which belongs to no block any more."""
+        stamp = node.meta.get(BLOCK_ID_META)
+        return None if stamp in self.dropped else stamp
 
 
 def trunk(graph: fx.Graph) -> list[fx.Node]:
@@ -161,7 +177,7 @@ def _residual_unit(view: _View, entry: fx.Node, join: fx.Node, exit_node: fx.Nod
         shortcut = "projection"
     else:
         shortcut = "parameter-free"
-    depthwise = any(is_depthwise(conv_of(view.nodes[name], view.modules)) for name in branch_convs)
+    depthwise = any(is_depthwise(view.conv(view.nodes[name])) for name in branch_convs)
     inside = view.between(entry.name, exit_node.name) | {exit_node.name}
     return _Unit(kind="inverted_residual" if depthwise else "residual", entry=entry.name,
                  exit=exit_node.name, nodes=view.sorted(inside), convs=branch_convs,
@@ -190,13 +206,14 @@ def _trunk_units(view: _View) -> list[_Unit]:
             unit = _residual_unit(view, previous, node, exit_node)
             if unit is not None:
                 units.append(unit)
-        elif conv_of(node, view.modules) is not None:
+        elif view.conv(node) is not None:
             members = [node]
             while index + 1 < len(chain):
                 following = chain[index + 1]
-                if conv_of(following, view.modules) is not None or \
+                if view.conv(following) is not None or \
                         feature_shape(following) != feature_shape(node) or \
-                        _is_residual_join(view, members[-1], following):
+                        _is_residual_join(view, members[-1], following) or \
+                        view.stamped and view.stamp(following) != view.stamp(node):
                     break
                 members.append(following)
                 index += 1
@@ -216,12 +233,15 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
     inverted-residual unit (MobileNetV2's first block of a stage)."""
 
     def pointwise(unit: _Unit) -> bool:
-        conv = conv_of(view.nodes[unit.convs[0]], view.modules)
+        conv = view.conv(view.nodes[unit.convs[0]])
         return unit.kind == "conv" and conv.kernel_size == (1, 1) and conv.groups == 1
 
     def depthwise(unit: _Unit) -> bool:
-        conv = conv_of(view.nodes[unit.convs[0]], view.modules)
+        conv = view.conv(view.nodes[unit.convs[0]])
         return unit.kind == "conv" and is_depthwise(conv)
+
+    def same_stamp(first: _Unit, second: _Unit) -> bool:
+        return not view.stamped or _stamped_id(view, first) == _stamped_id(view, second)
 
     merged: list[_Unit] = []
     index = 0
@@ -229,10 +249,10 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
         unit = units[index]
         project = units[index + 1] if index + 1 < len(units) else None
         if depthwise(unit) and project is not None and pointwise(project) and project.linear \
-                and project.entry == unit.exit:
+                and project.entry == unit.exit and same_stamp(unit, project):
             parts = [unit, project]
             if merged and pointwise(merged[-1]) and not merged[-1].linear and \
-                    merged[-1].exit == unit.entry:
+                    merged[-1].exit == unit.entry and same_stamp(merged[-1], unit):
                 parts.insert(0, merged.pop())
             merged.append(_Unit(
                 kind="inverted_residual", entry=parts[0].entry, exit=project.exit,
@@ -249,9 +269,12 @@ def find_structure(gm: fx.GraphModule) -> Structure:
     """Stages and blocks of ``gm``, which must carry shapes (``fxprune.tracing.trace``)."""
     view = _View(gm)
     units = _merge_inverted_residuals(view, _trunk_units(view))
-    is_block = [unit.kind != "conv" for unit in units]
-    if not any(is_block):
-        is_block = [True] * len(units)  # plain networks (VGG): every conv unit is a block
+    if view.stamped:
+        is_block = [_stamped_id(view, unit) is not None for unit in units]
+    else:
+        is_block = [unit.kind != "conv" for unit in units]
+        if not any(is_block):
+            is_block = [True] * len(units)  # plain networks (VGG): every conv unit is a block
     first = is_block.index(True) if any(is_block) else len(units)
     last = len(is_block) - is_block[::-1].index(True) if any(is_block) else len(units)
     block_units = [unit for unit, keep in zip(units, is_block) if keep]
@@ -275,5 +298,5 @@ def find_structure(gm: fx.GraphModule) -> Structure:
 
 
 def _stamped_id(view: _View, unit: _Unit) -> str | None:
-    return next((view.nodes[name].meta[BLOCK_ID_META] for name in unit.nodes
-                 if BLOCK_ID_META in view.nodes[name].meta), None)
+    return next((stamp for name in unit.nodes
+                 if (stamp := view.stamp(view.nodes[name])) is not None), None)

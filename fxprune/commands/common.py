@@ -1,0 +1,39 @@
+"""Arguments and steps shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from torch import fx
+
+from fxprune.models import LoadedModel, load_model
+from fxprune.tracing import trace
+
+
+def input_size(text: str) -> tuple[int, int, int]:
+    """argparse type for ``C,H,W``."""
+    try:
+        size = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three positive integers), got '{text}'")
+    return size
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="torchvision:<builder>, cifar:resnet<depth>, "
+                                      "path/to/file.py:callable or package.module:callable")
+    parser.add_argument("--weights", help="state_dict or checkpoint file (torch.save format)")
+    parser.add_argument("--input-size", type=input_size, metavar="C,H,W",
+                        help="input size (default: the model's, e.g. 3,224,224)")
+    parser.add_argument("--leaf", action="append", default=[], metavar="MODULE",
+                        help="qualified name of a module to keep opaque when tracing (repeatable)")
+
+
+def load_and_trace(args: argparse.Namespace) -> tuple[LoadedModel, tuple[int, int, int],
+                                                      fx.GraphModule]:
+    """The model named by ``add_model_arguments``' options, its input size and its trace."""
+    loaded = load_model(args.model, args.weights)
+    size = args.input_size or loaded.input_size
+    return loaded, size, trace(loaded.model, size, leaf_modules=args.leaf)
