@@ -7,11 +7,13 @@ from fxprune.analysis.structure import Block, Stage, Structure, find_structure
 from fxprune.errors import FxpruneError, PreconditionError, TraceError
 from fxprune.models import LoadedModel, load_model
 from fxprune.pass_manager import PassBase, PassManager, PassResult
+from fxprune.pipeline import CompressResult, compress, paper_rule
 from fxprune.summary import summarize
 from fxprune.tracing import trace
 
 __version__ = "0.1.0"
 
-__all__ = ["Adapter", "AdapterSite", "Block", "FxpruneError", "LoadedModel", "PassBase",
-           "PassManager", "PassResult", "PreconditionError", "Stage", "Structure", "TraceError",
-           "drop_sites", "find_structure", "load_model", "summarize", "trace"]
+__all__ = ["Adapter", "AdapterSite", "Block", "CompressResult", "FxpruneError", "LoadedModel",
+           "PassBase", "PassManager", "PassResult", "PreconditionError", "Stage", "Structure",
+           "TraceError", "compress", "drop_sites", "find_structure", "load_model", "paper_rule",
+           "summarize", "trace"]

@@ -21,6 +21,9 @@ import torch
 from torch import nn
 
 
+ADAPTER_META = "fxprune.adapter_site"  # node.meta of an adapter node: its AdapterSite
+
+
 @dataclass(frozen=True)
 class AdapterSite:
     """Where an adapter goes: at the ``"input"`` of conv node ``conv`` (for that conv only) or

@@ -6,7 +6,9 @@ same idempotent activation (ReLU after ReLU: ``relu(x) == x``); otherwise it sta
 ``S(x)``. A shortcut-free unit (a VGG conv, a MobileNet inverted residual without shortcut)
 is replaced by its input. The branch's nodes and modules are then dead and removed.
 
-Block ids are the paper's ``"s.b"`` of the graph as first analysed: before the first drop the
+``gm.meta["fxprune.stand_ins"]`` records which node now carries each removed block output, so
+recovery can pair student and teacher features. Block ids are the paper's ``"s.b"`` of the
+graph as first analysed: before the first drop the
 pass stamps every block's nodes with its id, so later analyses (and later drops) keep the
 original numbering. Dropping an id already dropped is a no-op, which makes the pass idempotent.
 
@@ -20,7 +22,8 @@ from collections.abc import Iterable
 
 from torch import fx
 
-from fxprune.analysis.structure import BLOCK_ID_META, DROPPED_META, Block, find_structure
+from fxprune.analysis.structure import (BLOCK_ID_META, DROPPED_META, STAND_INS_META, Block,
+                                        find_structure)
 from fxprune.errors import PreconditionError
 from fxprune.graph import idempotent_activation_key, named_modules
 from fxprune.pass_manager import PassBase, PassResult
@@ -50,6 +53,8 @@ class DropBlocks(PassBase):
         for block in blocks:
             _bypass(block, nodes, modules, replaced)
             dropped.append(block.id)
+        stand_ins = gm.meta.setdefault(STAND_INS_META, {})
+        stand_ins.update({exit_name: node.name for exit_name, node in replaced.items()})
         finalize(gm)
         return PassResult(gm, True)
 

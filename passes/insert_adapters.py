@@ -21,15 +21,12 @@ from collections.abc import Iterable
 
 from torch import fx
 
-from fxprune.adapters import Adapter, AdapterSite
+from fxprune.adapters import ADAPTER_META, Adapter, AdapterSite
 from fxprune.analysis.structure import BLOCK_ID_META
 from fxprune.errors import PreconditionError
 from fxprune.graph import conv_of, named_modules
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import unique_module_name
-
-ADAPTER_META = "fxprune.adapter_site"
-
 
 class InsertAdapters(PassBase):
     def __init__(self, sites: Iterable[AdapterSite]):

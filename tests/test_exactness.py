@@ -11,6 +11,7 @@ from torch import nn
 from fxprune.adapters import Adapter
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
+from fxprune.pipeline import paper_rule
 from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
@@ -36,12 +37,6 @@ ARCHITECTURES = {
     "functional": FunctionalResNet,
 }
 SIZES = {"cifar_resnet56": (3, 32, 32), "functional": (3, 16, 16)}
-
-
-def paper_rule(structure) -> list[str]:
-    """The 2nd block of every stage, where it is droppable."""
-    return [stage.blocks[1].id for stage in structure.stages
-            if len(stage.blocks) > 1 and stage.blocks[1].droppable]
 
 
 def _compressed(model: nn.Module, size, dtype, placement: str):

@@ -26,14 +26,6 @@ FP64_ATOL = 1e-9
 FP32_RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convs run far faster on one thread than with OpenMP on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class Chain(nn.Module):
     """stem conv-BN-ReLU, then conv 3x3 stride 2 padding 1 (with bias) - BN - ReLU, then a

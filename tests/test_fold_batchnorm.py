@@ -18,14 +18,6 @@ FP64_ATOL = 1e-9
 FP32_RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convs run far faster on one thread than with OpenMP on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class ConvBN(nn.Module):
     def __init__(self, cin=4, cout=8, kernel=3, stride=1, padding=1, dilation=1, groups=1,

@@ -17,7 +17,7 @@ from fxprune.errors import PreconditionError
 from fxprune.graph import module_of, named_modules
 from fxprune.models import cifar_resnet
 from fxprune.passes import DropBlocks, InsertAdapters
-from fxprune.passes.insert_adapters import ADAPTER_META
+from fxprune.adapters import ADAPTER_META
 from fxprune.tracing import trace
 from tests.helpers import (calibrate_and_randomize, count_modules, max_abs_diff, max_rel_diff,
                            randomize_adapters)
@@ -25,14 +25,6 @@ from tests.helpers import (calibrate_and_randomize, count_modules, max_abs_diff,
 FP64_ATOL = 1e-9
 FP32_RTOL = 1e-4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convs run far faster on one thread than with OpenMP on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Block(nn.Module):

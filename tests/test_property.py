@@ -25,7 +25,7 @@ from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
 from fxprune.graph import conv_of, is_add, module_of, named_modules, owns_module
 from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
-from fxprune.passes.insert_adapters import ADAPTER_META
+from fxprune.adapters import ADAPTER_META
 
 from fxprune.tracing import trace
 from tests.helpers import calibrate_and_randomize, count_modules, max_abs_diff, randomize_adapters
@@ -37,14 +37,6 @@ FP64_ATOL = 1e-9
 # Adapter counts over the whole run, checked by test_fold_rate_over_the_run.
 _TALLY = {"cases": 0, "adapters": 0, "folded": 0, "site_adapters": 0, "site_folded": 0}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny fp64 convs run far faster on one thread than with OpenMP on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _input(seed: int) -> torch.Tensor:

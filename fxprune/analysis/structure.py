@@ -32,6 +32,17 @@ from fxprune.graph import (conv_of, feature_shape, is_activation, is_add, is_dep
 
 BLOCK_ID_META = "fxprune.block_id"
 DROPPED_META = "fxprune.dropped_blocks"  # gm.meta: ids of the blocks dropped so far
+# gm.meta: {exit node of a dropped block: the node whose value now flows in its place}
+STAND_INS_META = "fxprune.stand_ins"
+
+
+def stand_in(gm: fx.GraphModule, name: str) -> str:
+    """The node of ``gm`` that carries the value node ``name`` of the original graph carried
+    (itself, unless ``name`` was the exit of a dropped block)."""
+    stand_ins = gm.meta.get(STAND_INS_META, {})
+    while name in stand_ins:
+        name = stand_ins[name]
+    return name
 
 
 @dataclass(frozen=True)

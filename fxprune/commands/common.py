@@ -21,9 +21,13 @@ def input_size(text: str) -> tuple[int, int, int]:
     return size
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="torchvision:<builder>, cifar:resnet<depth>, "
-                                      "path/to/file.py:callable or package.module:callable")
+MODEL_HELP = ("torchvision:<builder>, cifar:resnet<depth>, path/to/file.py:callable or "
+              "package.module:callable")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, metavar: str = "MODEL",
+                        help: str = MODEL_HELP) -> None:
+    parser.add_argument("model", metavar=metavar, help=help)
     parser.add_argument("--weights", help="state_dict or checkpoint file (torch.save format)")
     parser.add_argument("--input-size", type=input_size, metavar="C,H,W",
                         help="input size (default: the model's, e.g. 3,224,224)")

@@ -1,0 +1,120 @@
+"""``fxprune compress``: drop blocks, recover from a tiny image set, fold, export, report.
+
+Outputs go to a temporary folder beside ``--out`` that is renamed into place at the end, so an
+error or Ctrl-C never leaves a half-written output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fxprune.commands.common import add_model_arguments
+from fxprune.pipeline import FINETUNES, RECOVERIES, compress
+from fxprune.datasets import open_pool, split_pool, to_tensor
+from fxprune.errors import FxpruneError
+from fxprune.evaluate import agreement, top1
+from fxprune.export import export_onnx, onnx_max_abs_diff
+from fxprune.models import load_model
+from fxprune.recovery.practise import SCHEDULES, RecoveryConfig
+from fxprune.report import write_report
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "compress", help="drop blocks and recover accuracy from a tiny image set")
+    add_model_arguments(parser)
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help="image pool for the tiny set, e.g. cifar10:DIR, folder:DIR, "
+                             "imagenet32:FILE")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--images", type=int, metavar="N", help="number of tiny-set images")
+    size.add_argument("--shots", type=int, metavar="K", help="images per class (labelled pools)")
+    parser.add_argument("--drop", required=True, metavar="IDS|rule",
+                        help="block ids such as 1.2,2.2, or 'rule' (2nd block of every stage)")
+    parser.add_argument("--recover", choices=RECOVERIES, default="practise")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=RecoveryConfig().schedule,
+                        help="how adapters are trained (see README)")
+    parser.add_argument("--placement", choices=("paper", "cvpr"), default="cvpr",
+                        help="where adapters go around a dropped block")
+    parser.add_argument("--finetune", choices=FINETUNES, default="none")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval", metavar="SPEC", help="evaluation images (default: the pool's "
+                        "test split where it has one, else the pool's images not drawn)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    parser.set_defaults(run=run)
+
+
+def _evaluation_pool(args, rest):
+    if args.eval:
+        return open_pool(args.eval, "test")
+    if args.data.split(":", 1)[0] == "cifar10":
+        return open_pool(args.data, "test")
+    return rest
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out: Path = args.out
+    if out.exists() and not args.force:
+        raise FxpruneError(f"output folder {out} exists (use --force to replace it)")
+    loaded = load_model(args.model, args.weights)
+    size = args.input_size or loaded.input_size
+    chosen, rest = split_pool(open_pool(args.data, "train"), n=args.images,
+                              per_class=args.shots, seed=args.seed)
+    if len(chosen) == 0:
+        raise FxpruneError("the tiny set is empty: ask for at least one image")
+    images = to_tensor(chosen, size, loaded.mean, loaded.std)
+    evaluation = _evaluation_pool(args, rest)
+    eval_images = to_tensor(evaluation, size, loaded.mean, loaded.std)
+    result = compress(loaded.model, images, size, labels=chosen.labels, drop=args.drop,
+                      placement=args.placement, recover=args.recover,
+                      recovery=RecoveryConfig(schedule=args.schedule), finetune=args.finetune, seed=args.seed, leaf_modules=args.leaf)
+    report = result.report
+    report.update(model=args.model, weights=loaded.weights, data=args.data,
+                  tiny_set={"images": len(chosen), "per_class": args.shots, "seed": args.seed,
+                            "labelled": chosen.labels is not None},
+                  evaluation={"pool": evaluation.name, "images": len(evaluation),
+                              "labelled": evaluation.labels is not None})
+    for key, model in (("original", result.teacher), ("pruned", result.pruned),
+                       ("compressed", result.model)):
+        report[key]["top1"] = (top1(model, eval_images, evaluation.labels)
+                               if evaluation.labels is not None else None)
+        report[key]["agreement"] = agreement(result.teacher, model, eval_images)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        export_onnx(result.model, size, staging / "model.onnx")
+        report["onnx_max_abs_diff"] = onnx_max_abs_diff(result.model, staging / "model.onnx",
+                                                        eval_images[:64])
+        torch.save(result.model, staging / "model.pt")
+        report["seconds_total"] = time.perf_counter() - start
+        (staging / "report.json").write_text(json.dumps(report, indent=1))
+        write_report(report, staging / "report.md")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _print_summary(report, out)
+    return 0
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    def accuracy(key):
+        value = report[key]["top1"]
+        return f"{value:.2f}%" if value is not None else "n/a"
+
+    ratio = report["compressed"]["macs"] / report["original"]["macs"]
+    print(f"top-1 original {accuracy('original')}, pruned {accuracy('pruned')}, "
+          f"compressed {accuracy('compressed')} (agreement "
+          f"{report['compressed']['agreement']:.1f}%); MACs x{ratio:.3f}; "
+          f"{report['seconds']:.0f} s; outputs in {out}")

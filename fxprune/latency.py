@@ -1,0 +1,112 @@
+"""Wall-clock latency of ONNX Runtime sessions and torch modules, measured fairly.
+
+A shared machine drifts (other processes, frequency, caches), so one model timed after another
+is not comparable. ``time_interleaved`` runs the candidates in turn, ``A B A B ...`` on the
+same input, and summarises each by its median and interquartile range: the drift hits both
+alike and the ratio of medians cancels most of it. Warm-up rounds run first and are discarded
+(lazy allocation, weight pre-packing, cold caches). Time is bounded by ``repeats`` and an
+optional ``budget_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fxprune.export import cpu_session
+from fxprune.tracing import example_input
+
+Runner = Callable[[], object]  # one forward pass
+MIN_ROUNDS = 3  # rounds a time budget cannot cut below
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of one candidate's timed runs, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float  # 75th minus 25th percentile
+    runs: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Timing:
+        q1, median, q3 = np.percentile(np.asarray(seconds) * 1e3, [25, 50, 75])
+        return cls(float(median), float(q3 - q1), len(seconds))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: Timing
+    b: Timing
+
+    @property
+    def ratio(self) -> float:
+        """Median latency of ``a`` divided by that of ``b``."""
+        return self.a.median_ms / self.b.median_ms
+
+
+def bench_input(input_size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """The seeded fp32 NCHW input every candidate of a comparison gets."""
+    return example_input(input_size, batch=batch, seed=seed)
+
+
+def onnx_runner(path: str | Path, inputs: torch.Tensor, threads: int = 1) -> Runner:
+    """Runs the ONNX file on ``inputs`` in a CPU session with ``threads`` intra-op threads
+    (one inter-op thread, sequential execution, all graph optimisations)."""
+    session = cpu_session(path, threads)
+    feed = {session.get_inputs()[0].name: inputs.float().numpy()}
+    return lambda: session.run(None, feed)
+
+
+def torch_runner(module: nn.Module, inputs: torch.Tensor, threads: int = 1) -> Runner:
+    """Runs ``module`` (switched to eval mode) on ``inputs`` under inference mode with
+    ``threads`` torch threads; the thread count is global, so each run re-asserts it."""
+    module.eval()
+
+    def run():
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return module(inputs)
+    return run
+
+
+def time_interleaved(runners: Sequence[Runner], warmup: int = 3, repeats: int = 20,
+                     budget_s: float | None = None) -> list[Timing]:
+    """Time every runner ``repeats`` times in round-robin order after ``warmup`` untimed
+    rounds. With ``budget_s``, stop after the first round that ends past the budget (counted
+    from the first timed round), but never before ``MIN_ROUNDS`` rounds."""
+    if not runners or repeats < 1 or warmup < 0:
+        raise ValueError("need at least one runner, repeats >= 1 and warmup >= 0")
+    for _ in range(warmup):
+        for runner in runners:
+            runner()
+    samples: list[list[float]] = [[] for _ in runners]
+    start = time.perf_counter()
+    for done in range(1, repeats + 1):
+        for runner, times in zip(runners, samples):
+            tick = time.perf_counter()
+            runner()
+            times.append(time.perf_counter() - tick)
+        if budget_s is not None and done >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
+            break
+    return [Timing.of(times) for times in samples]
+
+
+def measure(runner: Runner, warmup: int = 3, repeats: int = 20,
+            budget_s: float | None = None) -> Timing:
+    """Median and IQR of one runner."""
+    return time_interleaved([runner], warmup, repeats, budget_s)[0]
+
+
+def compare(a: Runner, b: Runner, warmup: int = 3, repeats: int = 20,
+            budget_s: float | None = None) -> Comparison:
+    """``a`` and ``b`` timed interleaved (A B A B ...); ``.ratio`` is a's median over b's."""
+    timing_a, timing_b = time_interleaved([a, b], warmup, repeats, budget_s)
+    return Comparison(timing_a, timing_b)

@@ -1,0 +1,130 @@
+"""The whole job as one call: drop blocks, insert adapters, recover, finetune, fold.
+
+``compress`` works on an ``nn.Module`` (traced here) and a tiny normalised image batch, and
+returns the folded student — a plain network with no adapter — plus the plain pruned network
+and a report of what was done and what it cost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from fxprune.analysis.sites import drop_sites
+from fxprune.analysis.structure import Structure, find_structure
+from fxprune.errors import FxpruneError
+from fxprune.macs import count_params, node_macs, total_macs
+from fxprune.pass_manager import PassManager
+from fxprune.passes import DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters
+from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune
+from fxprune.recovery.practise import RecoveryConfig, recover as run_recovery
+from fxprune.tracing import example_input, trace
+
+RECOVERIES = ("practise", "none")
+FINETUNES = ("none", "ce-mse", "mse", "mir")
+
+
+def paper_rule(structure: Structure) -> list[str]:
+    """The paper's choice: the 2nd block of every stage that has a droppable one."""
+    return [stage.blocks[1].id for stage in structure.stages
+            if len(stage.blocks) > 1 and stage.blocks[1].droppable]
+
+
+def resolve_drop(structure: Structure, drop: str | Sequence[str]) -> list[str]:
+    """Block ids from ``"rule"``, ``"1.2,2.2"`` or a list; every id must exist and be
+    droppable."""
+    if isinstance(drop, str):
+        ids = paper_rule(structure) if drop == "rule" else [
+            part.strip() for part in drop.split(",") if part.strip()]
+    else:
+        ids = list(drop)
+    if not ids:
+        raise FxpruneError("nothing to drop: give block ids such as 1.2,2.2 or 'rule'")
+    if len(set(ids)) != len(ids):
+        raise FxpruneError(f"block ids repeat in {ids}")
+    for block_id in ids:
+        block = structure.block(block_id)
+        if not block.droppable:
+            raise FxpruneError(
+                f"block {block_id} is not droppable: its input {list(block.in_shape)} and output "
+                f"{list(block.out_shape)} differ (droppable: "
+                f"{', '.join(b.id for b in structure.blocks if b.droppable) or 'none'})")
+    return ids
+
+
+@dataclass
+class CompressResult:
+    model: fx.GraphModule  # folded: no adapter, no BN after a conv
+    pruned: fx.GraphModule  # the same blocks dropped, nothing recovered (BN folded)
+    teacher: fx.GraphModule
+    input_size: tuple[int, int, int]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def export_onnx(self, path: str | Path) -> Path:
+        from fxprune.export import export_onnx
+        return export_onnx(self.model, self.input_size, path)
+
+
+def _macs(gm: fx.GraphModule, input_size) -> int:
+    dtype = next((p.dtype for p in gm.parameters()), torch.float32)
+    return total_macs(node_macs(gm, [example_input(input_size, dtype=dtype)]))
+
+
+def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], *,
+             labels: torch.Tensor | None = None, drop: str | Sequence[str] = "rule",
+             placement: str = "cvpr", recover: str = "practise",
+             recovery: RecoveryConfig | None = None, finetune: str = "none",
+             finetuning: FinetuneConfig | None = None, seed: int = 0,
+             leaf_modules: Sequence[type | str] = (), progress: bool = True) -> CompressResult:
+    """Compress ``model`` (left untouched) using the normalised NCHW ``images``.
+
+    ``recover="none"`` skips the adapters (``finetune="ce-mse"`` then is the paper's Eq. 4
+    baseline). ``seed`` seeds every shuffle and augmentation."""
+    if recover not in RECOVERIES:
+        raise FxpruneError(f"unknown recovery '{recover}' (use {', '.join(RECOVERIES)})")
+    if finetune not in FINETUNES:
+        raise FxpruneError(f"unknown finetune '{finetune}' (use {', '.join(FINETUNES)})")
+    start = time.perf_counter()
+    size = tuple(input_size)
+    teacher = trace(model, size, leaf_modules).eval()
+    student = trace(model, size, leaf_modules).eval()
+    structure = find_structure(student)
+    ids = resolve_drop(structure, drop)
+    sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
+    student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
+    pruned = FoldBatchNorm()(trace(model, size, leaf_modules).eval()).graph_module
+    pruned = DropBlocks(ids)(pruned).graph_module
+    phases: dict[str, float] = {}
+    steps = []
+    if sites:
+        tick = time.perf_counter()
+        config = recovery or RecoveryConfig()
+        config = replace(config, fit=replace(config.fit, seed=seed))
+        steps = run_recovery(teacher, student, images, config, progress=progress)
+        phases["recover"] = time.perf_counter() - tick
+    if finetune != "none":
+        tick = time.perf_counter()
+        config = replace(finetuning or FinetuneConfig(), objective=finetune, seed=seed)
+        run_finetune(teacher, student, images, labels, config, progress=progress)
+        phases["finetune"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    student = FoldAdapters()(student).graph_module.eval()
+    phases["fold"] = time.perf_counter() - tick
+    report = {
+        "input_size": list(size), "images": len(images), "seed": seed,
+        "drop": ids, "placement": placement if sites else None, "adapters": len(sites),
+        "recover": recover, "finetune": finetune,
+        "schedule": (recovery or RecoveryConfig()).schedule if sites else None,
+        "original": {"macs": _macs(teacher, size), "params": count_params(teacher)},
+        "pruned": {"macs": _macs(pruned, size), "params": count_params(pruned)},
+        "compressed": {"macs": _macs(student, size), "params": count_params(student)},
+        "recovery_steps": [vars(step) for step in steps],
+        "phases": phases, "seconds": time.perf_counter() - start,
+    }
+    return CompressResult(student, pruned, teacher, size, report)

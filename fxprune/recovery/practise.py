@@ -1,0 +1,192 @@
+"""PRACTISE recovery: train the adapters of a compressed *student* so that its features mimic
+the original *teacher*'s on a tiny unlabelled image set. Only adapters train; every original
+weight stays frozen.
+
+Three schedules, all label-free:
+
+* ``"joint"``: all adapters train together; the loss is the sum over stages of the MSE between
+  the student's and the teacher's stage outputs, so an adapter early in the network also
+  learns from what it does to later stages.
+* ``"stagewise"``: the network is cut at the stage outputs found by the structure
+  analysis. Stage by stage, the adapters inside a stage are trained jointly so that the
+  student's stage output matches the teacher's; the next stage starts from the student's
+  recovered features, so it also corrects what the previous stage left over. This is the
+  CVPR'23 code's joint objective applied per stage.
+* ``"layerwise"`` (paper v1, Sec. 3.4): adapters one at a time in topological order; an
+  adapter before conv ``c`` is trained so that ``c``'s output matches the teacher's ``c``
+  output, starting from the student's features with all earlier adapters already trained. It
+  supports input-side adapters (the paper's placement) only.
+
+A student node is paired with the teacher node of the same name; where a dropped block's
+output was, ``stand_in`` names the student node that carries that value now.
+
+BN layers are kept in eval mode (running statistics fixed) unless ``bn="train"``, the paper's
+choice, where they normalise with batch statistics and update their running statistics while
+the adapters train.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from fxprune.adapters import ADAPTER_META, Adapter
+from fxprune.analysis.structure import find_structure, stand_in
+from fxprune.errors import PreconditionError
+from fxprune.graph import module_of, named_modules
+from fxprune.recovery.fit import FitConfig, fit, set_batchnorm_training
+from fxprune.recovery.segments import run_batched, segment
+
+SCHEDULES = ("joint", "stagewise", "layerwise")
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    schedule: str = "stagewise"
+    fit: FitConfig = field(default_factory=lambda: FitConfig(lr=1e-3, max_steps=300,
+                                                             patience=20))
+    bn: str = "eval"  # "eval" | "train"
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown recovery schedule '{self.schedule}' (use {SCHEDULES})")
+        if self.bn not in ("eval", "train"):
+            raise ValueError(f"bn must be 'eval' or 'train', not '{self.bn}'")
+
+
+@dataclass
+class StepReport:
+    """One trained group of adapters: where, how many, loss before and after, time."""
+
+    target: str
+    adapters: list[str]
+    loss_before: float
+    loss_after: float
+    epochs: int
+    seconds: float
+
+
+def adapter_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    modules = named_modules(gm)
+    return [node for node in gm.graph.nodes if isinstance(module_of(node, modules), Adapter)]
+
+
+def _input_name(gm: fx.GraphModule) -> str:
+    placeholders = [node.name for node in gm.graph.nodes if node.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise PreconditionError(f"recovery needs a single-input network, got {placeholders}")
+    return placeholders[0]
+
+
+def _parameters(gm: fx.GraphModule, nodes: list[fx.Node]) -> list[nn.Parameter]:
+    modules = named_modules(gm)
+    return [parameter for node in nodes for parameter in modules[node.target].parameters()]
+
+
+def _train(student, teacher_feature, inputs, adapters, target, config, progress) -> StepReport:
+    """Fit ``adapters`` so that segment ``inputs -> target`` of the student matches."""
+    start = time.perf_counter()
+    module = segment(student, inputs[0], [target])
+    before = _losses(module, inputs[1][0], [teacher_feature], config.eval_batch_size)
+    set_batchnorm_training(student, config.bn == "train")
+    history = fit(module, _parameters(student, adapters), inputs[1], [teacher_feature],
+                  config.fit, description=f"adapters -> {target}", progress=progress)
+    student.eval()
+    after = _losses(module, inputs[1][0], [teacher_feature], config.eval_batch_size)
+    return StepReport(target, [node.name for node in adapters], before, after, len(history),
+                      time.perf_counter() - start)
+
+
+def _losses(module, images, targets, batch_size) -> float:
+    outputs = run_batched(module, [images], batch_size)
+    return sum(torch.nn.functional.mse_loss(output, target).item()
+               for output, target in zip(outputs, targets))
+
+
+def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tensor,
+            config: RecoveryConfig = RecoveryConfig(), progress: bool = True
+            ) -> list[StepReport]:
+    """Train ``student``'s adapters in place on ``images`` (a normalised NCHW batch)."""
+    teacher.eval()
+    student.eval()
+    schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
+    return schedule[config.schedule](teacher, student, images, config, progress)
+
+
+def _stage_targets(teacher, student, images, config):
+    """Student stage-output nodes and the teacher's features there."""
+    teacher_outputs = [stage.blocks[-1].exit for stage in find_structure(teacher).stages]
+    targets = run_batched(segment(teacher, [_input_name(teacher)], teacher_outputs), [images],
+                          config.eval_batch_size)
+    return [stand_in(student, name) for name in teacher_outputs], targets
+
+
+def _joint(teacher, student, images, config, progress) -> list[StepReport]:
+    outputs, targets = _stage_targets(teacher, student, images, config)
+    adapters = adapter_nodes(student)
+    if not adapters:
+        return []
+    start = time.perf_counter()
+    source = _input_name(student)
+    module = segment(student, [source], outputs)
+    before = _losses(module, images, targets, config.eval_batch_size)
+    set_batchnorm_training(student, config.bn == "train")
+    history = fit(module, _parameters(student, adapters), [images], targets, config.fit,
+                  description="adapters -> stage outputs", progress=progress)
+    student.eval()
+    after = _losses(module, images, targets, config.eval_batch_size)
+    return [StepReport(",".join(outputs), [node.name for node in adapters], before, after,
+                       len(history), time.perf_counter() - start)]
+
+
+def _stagewise(teacher, student, images, config, progress) -> list[StepReport]:
+    student_outputs, targets = _stage_targets(teacher, student, images, config)
+    order = {node.name: index for index, node in enumerate(student.graph.nodes)}
+    adapters = adapter_nodes(student)
+    reports: list[StepReport] = []
+    source, features = _input_name(student), images
+    lower = -1
+    stages = tqdm(list(zip(student_outputs, targets)), desc="recover stages", leave=False,
+                  disable=not progress or None)
+    for output, target in stages:
+        upper = order[output]
+        inside = [node for node in adapters if lower < order[node.name] < upper]
+        if inside:
+            reports.append(_train(student, target, ([source], [features]), inside, output,
+                                  config, progress))
+        features = run_batched(segment(student, [source], [output]), [features],
+                               config.eval_batch_size)[0]
+        source, lower = output, upper
+    outside = [node.name for node in adapters if order[node.name] > lower]
+    if outside:
+        raise PreconditionError(f"adapters after the last stage output cannot be recovered "
+                                f"stage-wise: {', '.join(outside)}")
+    return reports
+
+
+def _layerwise(teacher, student, images, config, progress) -> list[StepReport]:
+    source = _input_name(student)
+    reports: list[StepReport] = []
+    nodes = tqdm(adapter_nodes(student), desc="recover layers", leave=False,
+                 disable=not progress or None)
+    for adapter in nodes:
+        consumers = list(adapter.users)
+        site = adapter.meta.get(ADAPTER_META)
+        if site is None or site.side != "input" or len(consumers) != 1:
+            raise PreconditionError(
+                f"layer-wise recovery trains adapters placed before a conv; '{adapter.name}' is "
+                "not one (use the stage-wise schedule for output-side adapters)")
+        conv = consumers[0]
+        producer = adapter.args[0].name
+        features = run_batched(segment(student, [source], [producer]), [images],
+                               config.eval_batch_size)[0]
+        target = run_batched(segment(teacher, [_input_name(teacher)], [conv.name]), [images],
+                             config.eval_batch_size)[0]
+        reports.append(_train(student, target, ([producer], [features]), [adapter], conv.name,
+                              config, progress))
+    return reports

@@ -1,0 +1,121 @@
+"""Latency measurement and ``fxprune bench``. Timings on a shared machine are noisy, so the
+checks are on structure and loose bounds, never on exact speeds."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from fxprune.cli import main
+from fxprune.export import export_onnx
+from fxprune.latency import (MIN_ROUNDS, bench_input, compare, measure, onnx_runner,
+                             time_interleaved, torch_runner)
+from fxprune.macs import node_macs, total_macs
+from fxprune.models import cifar_resnet
+from fxprune.pass_manager import PassManager
+from fxprune.passes import DropBlocks, FoldBatchNorm
+from fxprune.tracing import example_input, trace
+
+SIZE = (3, 32, 32)
+DROPPED = ["1.2", "2.2", "3.2"]
+
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """ResNet-20 and ResNet-20-C (BN folded) as ONNX files, with their torch MACs."""
+    folder = tmp_path_factory.mktemp("pair")
+    model = cifar_resnet(20).eval()
+    result = {}
+    for name, ids in (("original", []), ("dropped", DROPPED)):
+        gm = PassManager([DropBlocks(ids), FoldBatchNorm()])(trace(model, SIZE)).graph_module
+        result[name] = (export_onnx(gm, SIZE, folder / f"{name}.onnx"),
+                        total_macs(node_macs(gm, [example_input(SIZE)])))
+    return result
+
+
+def test_compare_gives_positive_medians_and_a_sane_self_ratio(pair):
+    path, _ = pair["original"]
+    inputs = bench_input(SIZE, batch=2)
+    comparison = compare(onnx_runner(path, inputs), onnx_runner(path, inputs), warmup=2,
+                         repeats=7)
+    for timing in (comparison.a, comparison.b):
+        assert timing.runs == 7 and timing.median_ms > 0 and timing.iqr_ms >= 0
+    assert 0.5 <= comparison.ratio <= 2.0  # the same model against itself
+
+
+def test_torch_runner_and_time_budget():
+    module = cifar_resnet(20)
+    timing = measure(torch_runner(module, bench_input(SIZE)), warmup=1, repeats=50, budget_s=0)
+    assert timing.runs == MIN_ROUNDS and timing.median_ms > 0
+    with pytest.raises(ValueError):
+        time_interleaved([], repeats=1)
+
+
+def _bench(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["bench", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_bench_json_vs_other_onnx(pair, capsys):
+    (dropped, dropped_macs), (original, original_macs) = pair["dropped"], pair["original"]
+    code, out, _ = _bench(capsys, dropped, "--vs", original, "--json", "--repeats", 3,
+                          "--warmup", 1, "--batch", 2)
+    assert code == 0
+    report = json.loads(out)
+    assert {"latency_ms", "latency_iqr_ms", "macs", "params", "latency_ratio", "macs_ratio",
+            "vs_latency_ms"} <= report.keys()
+    assert report["latency_ms"] > 0 and report["vs_latency_ms"] > 0
+    assert report["latency_ratio"] == pytest.approx(
+        report["latency_ms"] / report["vs_latency_ms"], rel=1e-12)
+    assert (report["macs"], report["vs_macs"]) == (dropped_macs, original_macs)
+    assert report["macs_ratio"] == pytest.approx(dropped_macs / original_macs, rel=1e-12)
+    assert report["input_size"] == list(SIZE) and report["batch"] == 2
+
+
+def test_bench_directory_takes_input_size_from_report(pair, tmp_path, capsys):
+    """A compress output folder whose model.onnx leaves H and W symbolic."""
+    path, macs = pair["original"]
+    model = onnx.load(str(path))
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.Clear()
+        dim.dim_param = "side"
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    (tmp_path / "report.json").write_text(json.dumps({"input_size": list(SIZE)}))
+    code, out, _ = _bench(capsys, tmp_path, "--json", "--repeats", 2, "--warmup", 0)
+    assert code == 0
+    report = json.loads(out)
+    assert report["input_size"] == list(SIZE) and report["macs"] == macs
+
+
+def test_bench_model_spec_table_and_torch_runtime(capsys):
+    code, out, _ = _bench(capsys, "cifar:resnet20", "--vs", "cifar:resnet20", "--repeats", 2,
+                          "--warmup", 0)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["latency", "ms", "IQR", "ms", "MACs", "params"]
+    assert lines[1].startswith("cifar:resnet20") and "40.55M" in lines[1]
+    assert lines[3].split()[0] == "ratio" and lines[3].split()[-1] == "1.000"
+    code, out, _ = _bench(capsys, "cifar:resnet20", "--runtime", "torch", "--json",
+                          "--repeats", 2, "--warmup", 0)
+    report = json.loads(out)
+    assert code == 0 and report["macs"] == 40_551_040 and report["params"] == 269_722
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/no/such/model.onnx"], "/no/such/model.onnx"),
+    (["{tmp}"], "model.onnx"),
+    (["{original}", "--runtime", "torch"], "--runtime torch"),
+    (["{original}", "--input-size", "3,64,64"], "3x64x64"),
+    (["cifar:resnet20", "--vs", "/no/such/dir/"], "/no/such/dir/"),
+])
+def test_user_errors_are_one_line(pair, tmp_path, capsys, argv, message):
+    argv = [arg.format(tmp=tmp_path, original=pair["original"][0]) for arg in argv]
+    code, out, err = _bench(capsys, *argv, "--repeats", 1)
+    assert code == 2 and out == ""
+    assert err.startswith("fxprune: error:") and message in err
+    assert len(err.strip().splitlines()) == 1

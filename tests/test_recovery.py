@@ -1,0 +1,111 @@
+"""Adapter recovery on small networks: segments, the fitting loop and the three schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fxprune.adapters import Adapter
+from fxprune.analysis.sites import drop_sites
+from fxprune.analysis.structure import find_structure
+from fxprune.errors import PreconditionError
+from fxprune.models import cifar_resnet
+from fxprune.pass_manager import PassManager
+from fxprune.passes import DropBlocks, InsertAdapters
+from fxprune.recovery.fit import FitConfig, fit
+from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
+from fxprune.recovery.segments import run_batched, segment
+from fxprune.tracing import example_input, trace
+from tests.helpers import calibrate_and_randomize
+
+SIZE = (3, 16, 16)
+FAST = FitConfig(lr=3e-3, max_steps=60, patience=60)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    gm = trace(cifar_resnet(20).eval(), SIZE)
+    calibrate_and_randomize(gm, example_input(SIZE, batch=32, seed=5))
+    return gm
+
+
+@pytest.fixture(scope="module")
+def images():
+    return example_input(SIZE, batch=24, seed=1)
+
+
+def _student(teacher, placement, ids=("1.2", "2.2", "3.2")):
+    gm = trace(teacher, SIZE)  # a copy with the teacher's (calibrated) weights
+    structure = find_structure(gm)
+    sites = drop_sites(gm, structure, ids, placement)
+    return PassManager([DropBlocks(ids), InsertAdapters(sites)])(gm).graph_module.eval()
+
+
+def test_segment_computes_the_same_values(teacher, images):
+    names = [stage.blocks[-1].exit for stage in find_structure(teacher).stages]
+    full = run_batched(segment(teacher, ["x"], names), [images], 8)
+    middle = run_batched(segment(teacher, [names[0]], [names[1]]), [full[0]], 8)[0]
+    torch.testing.assert_close(middle, full[1], rtol=0, atol=0)
+    torch.testing.assert_close(run_batched(segment(teacher, ["x"], ["linear"]), [images], 8)[0],
+                               teacher(images), rtol=0, atol=0)
+
+
+def test_segment_refuses_inputs_that_do_not_cut(teacher):
+    structure = find_structure(teacher)
+    block = structure.block("1.2")
+    with pytest.raises(PreconditionError, match="depend on graph input 'x'"):
+        segment(teacher, [block.convs[1]], [block.exit])  # the shortcut bypasses conv2
+
+
+def test_fit_lowers_the_loss_and_keeps_the_best(images):
+    torch.manual_seed(0)
+    adapter = Adapter(3, bias=True)
+    target = images * 0.5 + 0.1
+    history = fit(adapter, list(adapter.parameters()), [images], [target],
+                  FitConfig(lr=0.05, epochs=200, patience=200, batch_size=8))
+    final = torch.nn.functional.mse_loss(adapter(images), target).item()
+    assert history[0] > 10 * min(history)
+    assert final == pytest.approx(min(history), rel=0.3)
+    assert all(p.requires_grad for p in adapter.parameters())  # the caller's flags come back
+
+
+@pytest.mark.parametrize("schedule, placement", [
+    ("joint", "cvpr"), ("stagewise", "cvpr"), ("joint", "paper"), ("layerwise", "paper")])
+def test_recovery_reduces_feature_error(teacher, images, schedule, placement):
+    student = _student(teacher, placement)
+    frozen = {name: value.clone() for name, value in student.state_dict().items()
+              if "adapter" not in name}
+    reports = recover(teacher, student, images, RecoveryConfig(schedule=schedule, fit=FAST),
+                      progress=False)
+    assert reports
+    for report in reports:
+        assert report.loss_after < 0.9 * report.loss_before, report
+    trained = sum(len(report.adapters) for report in reports)
+    assert trained == len(adapter_nodes(student))
+    for name, value in student.state_dict().items():  # nothing but the adapters moved
+        if name in frozen:
+            torch.testing.assert_close(value, frozen[name], rtol=0, atol=0)
+
+
+def test_recovery_is_deterministic(teacher, images):
+    weights = []
+    for _ in range(2):
+        student = _student(teacher, "cvpr")
+        recover(teacher, student, images, RecoveryConfig(schedule="joint", fit=FAST),
+                progress=False)
+        weights.append({k: v for k, v in student.state_dict().items() if "adapter" in k})
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key])
+
+
+def test_layerwise_refuses_output_side_adapters(teacher, images):
+    student = _student(teacher, "cvpr", ids=("1.3",))
+    with pytest.raises(PreconditionError, match="placed before a conv"):
+        recover(teacher, student, images, RecoveryConfig(schedule="layerwise", fit=FAST),
+                progress=False)
+
+
+def test_no_adapters_is_a_noop(teacher, images):
+    student = trace(teacher, SIZE)
+    assert recover(teacher, student, images, RecoveryConfig(fit=FAST), progress=False) == []
