@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fxprune.adapters import Adapter
+
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.ELU,
                       nn.Mish, nn.Hardtanh, nn.PReLU)
 ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.silu, F.hardswish,
@@ -48,6 +50,28 @@ def callers(gm: fx.GraphModule, target: str) -> list[fx.Node]:
 def owns_module(gm: fx.GraphModule, node: fx.Node) -> bool:
     """``node`` is the only caller of its module, so replacing the module changes nothing else."""
     return node.op == "call_module" and len(callers(gm, node.target)) == 1
+
+
+def adapter_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that call an ``Adapter``, in graph order."""
+    modules = named_modules(gm)
+    return [node for node in gm.graph.nodes if isinstance(module_of(node, modules), Adapter)]
+
+
+def parameter_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of the module's first parameter (float32 for a parameter-free module)."""
+    return next((parameter.dtype for parameter in module.parameters()), torch.float32)
+
+
+def foldable_conv(node: fx.Node, modules: dict[str, nn.Module], groups: int | None = 1
+                  ) -> nn.Conv2d | None:
+    """The conv a node calls when it is exactly ``nn.Conv2d`` (or an adapter) with ``groups``
+    groups (any when None): a subclass may change ``forward`` (weight standardisation, dynamic
+    padding), which folding into a plain conv would silently drop."""
+    conv = conv_of(node, modules)
+    if conv is None or type(conv) not in (nn.Conv2d, Adapter):
+        return None
+    return conv if groups is None or conv.groups == groups else None
 
 
 def is_depthwise(conv: nn.Conv2d) -> bool:

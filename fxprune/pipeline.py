@@ -8,6 +8,7 @@ and a report of what was done and what it cost.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import fx, nn
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import Structure, find_structure
 from fxprune.errors import FxpruneError
+from fxprune.graph import parameter_dtype
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters
@@ -45,16 +47,12 @@ def resolve_drop(structure: Structure, drop: str | Sequence[str]) -> list[str]:
     else:
         ids = list(drop)
     if not ids:
-        raise FxpruneError("nothing to drop: give block ids such as 1.2,2.2 or 'rule'")
+        raise FxpruneError(f"nothing to drop ({drop!r} names no block); droppable blocks: "
+                           f"{', '.join(b.id for b in structure.blocks if b.droppable) or 'none'}")
     if len(set(ids)) != len(ids):
         raise FxpruneError(f"block ids repeat in {ids}")
     for block_id in ids:
-        block = structure.block(block_id)
-        if not block.droppable:
-            raise FxpruneError(
-                f"block {block_id} is not droppable: its input {list(block.in_shape)} and output "
-                f"{list(block.out_shape)} differ (droppable: "
-                f"{', '.join(b.id for b in structure.blocks if b.droppable) or 'none'})")
+        structure.block(block_id).require_droppable()
     return ids
 
 
@@ -72,8 +70,7 @@ class CompressResult:
 
 
 def _macs(gm: fx.GraphModule, input_size) -> int:
-    dtype = next((p.dtype for p in gm.parameters()), torch.float32)
-    return total_macs(node_macs(gm, [example_input(input_size, dtype=dtype)]))
+    return total_macs(node_macs(gm, [example_input(input_size, dtype=parameter_dtype(gm))]))
 
 
 def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], *,
@@ -97,6 +94,10 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     structure = find_structure(student)
     ids = resolve_drop(structure, drop)
     sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
+    if recover == "practise" and not sites:
+        warnings.warn(f"no adapter can be placed (and folded) around blocks {ids}: the network "
+                      "is only pruned, not recovered", stacklevel=2)
+        recover = "none"
     student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
     pruned = FoldBatchNorm()(trace(model, size, leaf_modules).eval()).graph_module
     pruned = DropBlocks(ids)(pruned).graph_module

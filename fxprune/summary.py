@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import fx
 
 from fxprune.analysis.structure import Block, Structure, find_structure
-from fxprune.graph import module_of, named_modules
+from fxprune.graph import module_of, named_modules, parameter_dtype
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.tracing import example_input
 
@@ -30,11 +29,12 @@ def summarize(gm: fx.GraphModule, input_size: tuple[int, ...],
     """JSON-ready summary: total MACs (batch 1) and params, and per stage, per block: id, kind,
     shortcut, droppable, MACs, params."""
     structure = structure or find_structure(gm)
-    macs = node_macs(gm, [example_input(input_size, dtype=_dtype(gm))])
+    macs = node_macs(gm, [example_input(input_size, dtype=parameter_dtype(gm))])
     return {
         "input_size": list(input_size),
         "macs": total_macs(macs),
         "params": count_params(gm),
+        "stem": list(structure.stem), "head": list(structure.head),
         "stages": [{
             "id": stage.id,
             "blocks": [{
@@ -45,10 +45,6 @@ def summarize(gm: fx.GraphModule, input_size: tuple[int, ...],
             } for block in stage.blocks],
         } for stage in structure.stages],
     }
-
-
-def _dtype(gm: fx.GraphModule) -> torch.dtype:
-    return next((parameter.dtype for parameter in gm.parameters()), torch.float32)
 
 
 def format_count(value: int) -> str:

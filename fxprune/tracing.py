@@ -18,6 +18,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from fxprune.errors import TraceError
+from fxprune.graph import parameter_dtype
 
 
 class _LeafTracer(fx.Tracer):
@@ -101,8 +102,11 @@ def example_input(input_size: Sequence[int], batch: int = 1, dtype: torch.dtype 
 
 def trace(model: nn.Module, input_size: Sequence[int], leaf_modules: Iterable[type | str] = ()
           ) -> fx.GraphModule:
-    """Trace a copy of ``model`` and annotate shapes for a (C, H, W) input. The copy keeps the
-    caller's model safe from every later rewrite and from BN statistics updates."""
-    gm = symbolic_trace(copy.deepcopy(model), leaf_modules)
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    """Trace a copy of ``model`` in eval mode and annotate shapes for a (C, H, W) input.
+
+    The copy keeps the caller's model safe from every later rewrite and from BN statistics
+    updates. Eval mode matters: ops that read ``self.training`` while tracing (dropout,
+    stochastic depth) are baked into the graph as they are then."""
+    gm = symbolic_trace(copy.deepcopy(model).eval(), leaf_modules)
+    dtype = parameter_dtype(model)
     return propagate_shapes(gm, [example_input(input_size, dtype=dtype)])

@@ -24,7 +24,6 @@ from torch import fx
 
 from fxprune.analysis.structure import (BLOCK_ID_META, DROPPED_META, STAND_INS_META, Block,
                                         find_structure)
-from fxprune.errors import PreconditionError
 from fxprune.graph import idempotent_activation_key, named_modules
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import finalize
@@ -42,10 +41,7 @@ class DropBlocks(PassBase):
         structure = find_structure(gm)
         blocks = [structure.block(block_id) for block_id in wanted]
         for block in blocks:
-            if not block.droppable:
-                raise PreconditionError(
-                    f"block {block.id} cannot be dropped: its input {list(block.in_shape)} and "
-                    f"output {list(block.out_shape)} differ, so no shortcut can stand in for it")
+            block.require_droppable()
         _stamp_block_ids(gm, structure.blocks)
         nodes = {node.name: node for node in gm.graph.nodes}
         modules = named_modules(gm)

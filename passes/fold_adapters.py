@@ -10,7 +10,8 @@ Per adapter ``A``, first match wins, repeated until nothing changes:
   ``conv -> A'`` and then a single conv.
 
 Does not fire for an adapter whose producer has other users and whose consumers are several
-(a shared feature map), next to a grouped conv, or next to a conv whose module is shared.
+(a shared feature map), next to a grouped conv, a conv whose module is shared, or a subclass
+of ``nn.Conv2d`` (its own ``forward`` would be lost).
 With ``strict=True`` (default) any adapter left raises ``PreconditionError`` naming it;
 ``strict=False`` leaves such adapters in place.
 """
@@ -21,7 +22,8 @@ from torch import fx
 
 from fxprune.adapters import Adapter, fold_after, fold_before
 from fxprune.errors import PreconditionError
-from fxprune.graph import conv_of, module_of, named_modules, owns_module
+from fxprune.graph import (adapter_nodes, foldable_conv, module_of, named_modules,
+                           owns_module)
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import finalize, replace_module
 from fxprune.passes.fold_batchnorm import FoldBatchNorm
@@ -42,8 +44,7 @@ class FoldAdapters(PassBase):
             modified = True
         if modified:
             finalize(gm)  # before a strict failure too: the graph and its code must agree
-        modules = named_modules(gm)
-        left = [node.name for node in gm.graph.nodes if isinstance(module_of(node, modules), Adapter)]
+        left = [node.name for node in adapter_nodes(gm)]
         if self.strict and left:
             raise PreconditionError(
                 f"adapters could not be folded: {', '.join(left)} (each needs a neighbouring "
@@ -58,9 +59,8 @@ class FoldAdapters(PassBase):
             if not isinstance(adapter, Adapter):
                 continue
             producer = node.args[0]
-            conv = conv_of(producer, modules)
-            if conv is not None and conv.groups == 1 and len(producer.users) == 1 and \
-                    owns_module(gm, producer):
+            conv = foldable_conv(producer, modules)
+            if conv is not None and len(producer.users) == 1 and owns_module(gm, producer):
                 replace_module(gm, producer, fold_after(conv, adapter))
                 node.replace_all_uses_with(producer)
                 gm.graph.erase_node(node)
@@ -68,8 +68,8 @@ class FoldAdapters(PassBase):
                 continue
             consumers = list(node.users)
             consumer = consumers[0] if len(consumers) == 1 else None
-            conv = conv_of(consumer, modules) if consumer is not None else None
-            if conv is not None and conv.groups == 1 and consumer.args[0] is node and \
+            conv = foldable_conv(consumer, modules) if consumer is not None else None
+            if conv is not None and consumer.args[0] is node and \
                     owns_module(gm, consumer) and (adapter.bias is None or
                                                    all(pad == 0 for pad in conv.padding)):
                 replace_module(gm, consumer, fold_before(adapter, conv))

@@ -2,7 +2,8 @@
 
 Uses the BN's running statistics, i.e. the function the network computes in eval mode.
 Does not fire when the conv's output has another user, when the conv's module is called at
-more than one node (shared weights), or when the BN keeps no running statistics. Folding
+more than one node (shared weights), when the conv is a subclass of ``nn.Conv2d`` (its own
+``forward`` would be lost), or when the BN keeps no running statistics. Folding
 removes the BN node, so a second run finds nothing to do.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from torch import fx, nn
 
 from fxprune.adapters import fold_batchnorm
-from fxprune.graph import conv_of, module_of, named_modules, owns_module
+from fxprune.graph import foldable_conv, module_of, named_modules, owns_module
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import finalize, replace_module
 
@@ -25,7 +26,8 @@ class FoldBatchNorm(PassBase):
             if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
                 continue
             producer = node.args[0]
-            conv = conv_of(producer, modules) if isinstance(producer, fx.Node) else None
+            conv = foldable_conv(producer, modules, groups=None) if isinstance(
+                producer, fx.Node) else None
             if conv is None or len(producer.users) != 1 or not owns_module(gm, producer):
                 continue
             folded = fold_batchnorm(conv, bn)

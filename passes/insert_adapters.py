@@ -11,8 +11,10 @@ A site names a conv node and a side:
 Each adapter starts as the identity, so the pass does not change the network's function. The
 adapter node remembers its site (``node.meta["fxprune.adapter_site"]``).
 Does not fire for a site that already has its adapter (idempotent). Raises
-``PreconditionError``, before changing anything, for a node that is not a conv (or is an
-adapter), or a grouped conv (a dense 1x1 cannot fold into it).
+``PreconditionError``, before changing anything, for a missing node, a node that is not a conv
+(or is an adapter), a grouped conv (a dense 1x1 cannot fold into it) or a subclass of
+``nn.Conv2d``. A conv whose module is called at several nodes is accepted, but an adapter
+there folds only where the graph allows it (``FoldAdapters`` says which ones it cannot).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import fx
 from fxprune.adapters import ADAPTER_META, Adapter, AdapterSite
 from fxprune.analysis.structure import BLOCK_ID_META
 from fxprune.errors import PreconditionError
-from fxprune.graph import conv_of, named_modules
+from fxprune.graph import conv_of, foldable_conv, named_modules
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import unique_module_name
 
@@ -38,13 +40,19 @@ class InsertAdapters(PassBase):
         nodes = {node.name: node for node in gm.graph.nodes}
         for site in self.sites:  # refuse before changing anything
             conv_node = nodes.get(site.conv)
-            conv = conv_of(conv_node, modules) if conv_node is not None else None
+            if conv_node is None:
+                raise PreconditionError(f"adapter site: no node named '{site.conv}'")
+            conv = conv_of(conv_node, modules)
             if conv is None or isinstance(conv, Adapter):
                 raise PreconditionError(f"adapter site '{site.conv}' is not a conv node")
             if conv.groups != 1:
                 raise PreconditionError(
                     f"no adapter at the {site.side} of grouped conv '{site.conv}' "
                     f"(groups={conv.groups}): a dense 1x1 conv cannot be folded into it")
+            if foldable_conv(conv_node, modules) is None:
+                raise PreconditionError(
+                    f"no adapter at the {site.side} of conv '{site.conv}': it is a "
+                    f"{type(conv).__name__}, whose own forward a fold would lose")
         placed = {node.meta[ADAPTER_META] for node in gm.graph.nodes if ADAPTER_META in node.meta}
         new_sites = [site for site in self.sites if site not in placed]
         for site in new_sites:

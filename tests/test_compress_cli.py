@@ -54,5 +54,5 @@ def test_bad_block_id_leaves_no_output(tmp_path, capsys):
     out = tmp_path / "never"
     code = main(["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}",
                  "--images", "10", "--drop", "2.1", "--out", str(out)])
-    assert code == 2 and "not droppable" in capsys.readouterr().err
+    assert code == 2 and "cannot be dropped" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -233,3 +233,21 @@ def test_original_module_is_not_modified():
     assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
     assert count_modules(model, nn.BatchNorm2d) == 19
     assert torch.equal(_run(model, x), out)
+
+
+class StandardizedConv(nn.Conv2d):
+    """A conv subclass with its own forward (weight standardisation): folding into a plain
+    nn.Conv2d would silently drop the standardisation."""
+
+    def forward(self, x):
+        weight = (self.weight - self.weight.mean((1, 2, 3), keepdim=True))
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+
+def test_conv_subclass_is_not_folded():
+    model = nn.Sequential(StandardizedConv(3, 4, 3, padding=1), nn.BatchNorm2d(4)).double().eval()
+    gm = trace(model, (3, 8, 8), leaf_modules=[StandardizedConv])
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    expected = gm(x)
+    assert not FoldBatchNorm()(gm).modified
+    torch.testing.assert_close(gm(x), expected, rtol=0, atol=0)

@@ -250,7 +250,7 @@ def test_neighbouring_sites_in_two_calls_equal_one_call(first, second):
 
 @pytest.mark.parametrize("site,pattern", [
     (AdapterSite("bn", "output"), "'bn' is not a conv"),
-    (AdapterSite("nowhere", "input"), "'nowhere' is not a conv"),
+    (AdapterSite("nowhere", "input"), "no node named 'nowhere'"),
     (AdapterSite("dw", "input"), r"grouped conv 'dw' \(groups=4\)"),
     (AdapterSite("dw", "output"), r"grouped conv 'dw' \(groups=4\)"),
 ])

@@ -66,7 +66,7 @@ def test_baseline_finetune_needs_labels(model, images):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"drop": "2.1"}, "not droppable"), ({"drop": "7.7"}, "no block '7.7'"),
+    ({"drop": "2.1"}, "cannot be dropped"), ({"drop": "7.7"}, "no block '7.7'"),
     ({"drop": "1.2,1.2"}, "repeat"), ({"recover": "magic"}, "unknown recovery"),
     ({"finetune": "magic"}, "unknown finetune")])
 def test_bad_options_are_explained(model, images, kwargs, message):

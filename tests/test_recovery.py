@@ -101,9 +101,12 @@ def test_recovery_is_deterministic(teacher, images):
 
 def test_layerwise_refuses_output_side_adapters(teacher, images):
     student = _student(teacher, "cvpr", ids=("1.3",))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
     with pytest.raises(PreconditionError, match="placed before a conv"):
         recover(teacher, student, images, RecoveryConfig(schedule="layerwise", fit=FAST),
                 progress=False)
+    for key, value in student.state_dict().items():  # refused before training anything
+        assert torch.equal(value, before[key])
 
 
 def test_no_adapters_is_a_noop(teacher, images):

@@ -71,3 +71,16 @@ def test_leaf_module_makes_it_traceable():
 def test_example_input_is_reproducible():
     assert torch.equal(example_input((3, 4, 4), seed=3), example_input((3, 4, 4), seed=3))
     assert example_input((3, 4, 4), batch=5, dtype=torch.float64).shape == (5, 3, 4, 4)
+
+
+def test_train_mode_model_is_traced_in_eval_mode():
+    """Stochastic depth and dropout read ``self.training`` while tracing: a model handed over
+    in train mode must still give a deterministic graph."""
+    import torchvision
+
+    model = torchvision.models.efficientnet_b0().train()
+    gm = trace(model, (3, 64, 64))
+    x = example_input((3, 64, 64), batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), gm(x), rtol=0, atol=0)
+        torch.testing.assert_close(gm(x), model.eval()(x), rtol=1e-5, atol=1e-5)

@@ -8,8 +8,8 @@ first conv (and the downsample conv) of the next stage's first remaining block.
 block of the stage and after the stage's downsample conv (between conv and BN), and always
 before the next stage's first block (its first conv and its downsample conv).
 
-Sites on grouped (depthwise) convs and on convs whose module is called at several nodes are
-skipped: an adapter cannot fold into them.
+Sites on grouped (depthwise) convs, on subclasses of ``nn.Conv2d`` and on convs whose module is
+called at several nodes are skipped: an adapter cannot fold into them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import fx
 from fxprune.adapters import AdapterSite
 from fxprune.analysis.structure import Block, Structure
 from fxprune.errors import PreconditionError
-from fxprune.graph import conv_of, named_modules, owns_module
+from fxprune.graph import foldable_conv, named_modules, owns_module
 
 PLACEMENTS = ("paper", "cvpr")
 
@@ -68,4 +68,4 @@ def drop_sites(gm: fx.GraphModule, structure: Structure, block_ids: Iterable[str
     modules = named_modules(gm)
     nodes = {node.name: node for node in gm.graph.nodes}
     return [site for site in dict.fromkeys(sites)
-            if conv_of(nodes[site.conv], modules).groups == 1 and owns_module(gm, nodes[site.conv])]
+            if foldable_conv(nodes[site.conv], modules) and owns_module(gm, nodes[site.conv])]

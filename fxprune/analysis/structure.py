@@ -67,6 +67,12 @@ class Block:
         """The shortcut alone (or nothing, for a shortcut-free unit) can stand in for the block."""
         return self.in_shape == self.out_shape
 
+    def require_droppable(self) -> None:
+        if not self.droppable:
+            raise PreconditionError(
+                f"block {self.id} cannot be dropped: its input {list(self.in_shape)} and output "
+                f"{list(self.out_shape)} differ, so no shortcut can stand in for it")
+
     @property
     def stage(self) -> int:
         return int(self.id.split(".")[0])

@@ -41,8 +41,9 @@ def register(commands) -> None:
     parser.add_argument("--recover", choices=RECOVERIES, default="practise")
     parser.add_argument("--schedule", choices=SCHEDULES, default=RecoveryConfig().schedule,
                         help="how adapters are trained (see README)")
-    parser.add_argument("--placement", choices=("paper", "cvpr"), default="cvpr",
-                        help="where adapters go around a dropped block")
+    parser.add_argument("--placement", choices=("paper", "cvpr"),
+                        help="where adapters go around a dropped block (default: paper for the "
+                             "layerwise schedule, cvpr otherwise)")
     parser.add_argument("--finetune", choices=FINETUNES, default="none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval", metavar="SPEC", help="evaluation images (default: the pool's "
@@ -60,6 +61,18 @@ def _evaluation_pool(args, rest):
     return rest
 
 
+def _check_labels(model, example, *pools) -> None:
+    """Labels are used as the model's class indices (accuracy, cross-entropy): they must fit."""
+    with torch.no_grad():
+        classes = model.eval()(example).shape[-1]
+    for pool in pools:
+        if pool.labels is not None and len(pool.labels) and int(pool.labels.max()) >= classes:
+            raise FxpruneError(
+                f"pool {pool.name} has label {int(pool.labels.max())} but the model predicts "
+                f"{classes} classes: labels must be the model's class indices (for a folder, "
+                "its sorted class sub-folders must match the model's class order)")
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out: Path = args.out
@@ -67,15 +80,17 @@ def run(args: argparse.Namespace) -> int:
         raise FxpruneError(f"output folder {out} exists (use --force to replace it)")
     loaded = load_model(args.model, args.weights)
     size = args.input_size or loaded.input_size
-    chosen, rest = split_pool(open_pool(args.data, "train"), n=args.images,
-                              per_class=args.shots, seed=args.seed)
+    chosen, rest = split_pool(open_pool(args.data), n=args.images, per_class=args.shots,
+                              seed=args.seed)
     if len(chosen) == 0:
         raise FxpruneError("the tiny set is empty: ask for at least one image")
     images = to_tensor(chosen, size, loaded.mean, loaded.std)
     evaluation = _evaluation_pool(args, rest)
     eval_images = to_tensor(evaluation, size, loaded.mean, loaded.std)
+    _check_labels(loaded.model, eval_images[:1], chosen, evaluation)
+    placement = args.placement or ("paper" if args.schedule == "layerwise" else "cvpr")
     result = compress(loaded.model, images, size, labels=chosen.labels, drop=args.drop,
-                      placement=args.placement, recover=args.recover,
+                      placement=placement, recover=args.recover,
                       recovery=RecoveryConfig(schedule=args.schedule), finetune=args.finetune, seed=args.seed, leaf_modules=args.leaf)
     report = result.report
     report.update(model=args.model, weights=loaded.weights, data=args.data,

@@ -25,7 +25,7 @@ from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.datasets import augment
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import module_of, named_modules, output_node
-from fxprune.recovery.fit import set_batchnorm_training
+from fxprune.recovery.fit import set_batchnorm_training, trainable
 from fxprune.recovery.segments import segment
 
 OBJECTIVES = ("ce-mse", "mse", "mir")
@@ -81,14 +81,12 @@ def finetune(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Ten
     student_net = segment(student, [source], student_outputs)
     teacher_net = segment(teacher.eval(), [source], [feature])
     generator = torch.Generator().manual_seed(config.seed)
-    parameters = [p for p in student.parameters()]
-    for parameter in parameters:
-        parameter.requires_grad_(True)
+    parameters = list(student.parameters())
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
     history: list[float] = []
     epochs = tqdm(range(config.epochs), desc=f"finetune {config.objective}", leave=False,
                   disable=not progress or None)
-    try:
+    with trainable(student, parameters):
         for _ in epochs:
             set_batchnorm_training(student, config.objective == "mir")
             order = torch.randperm(len(images), generator=generator)
@@ -112,8 +110,5 @@ def finetune(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Ten
                 total += loss.item() * len(index)
             history.append(total / len(images))
             epochs.set_postfix(loss=f"{history[-1]:.4g}")
-    finally:
-        for parameter in parameters:
-            parameter.requires_grad_(False)
-        student.eval()
+    student.eval()
     return history

@@ -7,11 +7,14 @@ and teacher features, so one step costs one forward and backward pass of the seg
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from fxprune.recovery.segments import as_list
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,21 @@ def mse(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> tor
                for output, target in zip(outputs, targets))
 
 
-def _as_list(result) -> list[torch.Tensor]:
-    return list(result) if isinstance(result, (tuple, list)) else [result]
+@contextmanager
+def trainable(module: nn.Module, parameters: Sequence[nn.Parameter]):
+    """Inside: only ``parameters`` require grad. After: every flag of ``module``'s parameters
+    is what it was before."""
+    everything = list(module.parameters()) + [p for p in parameters]
+    flags = [p.requires_grad for p in everything]
+    for parameter in everything:
+        parameter.requires_grad_(False)
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(everything, flags):
+            parameter.requires_grad_(flag)
 
 
 def fit(module: nn.Module, parameters: Sequence[nn.Parameter], inputs: Sequence[torch.Tensor],
@@ -58,53 +74,54 @@ def fit(module: nn.Module, parameters: Sequence[nn.Parameter], inputs: Sequence[
     """Adam on ``parameters`` of ``module`` so that ``module(*inputs)`` matches ``targets``.
 
     Minibatches are drawn without replacement per epoch from a generator seeded by
-    ``config.seed``. The parameters end at the epoch with the lowest training loss. Returns the
-    loss of every epoch."""
-    frozen = [p for p in module.parameters() if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    for parameter in parameters:
-        parameter.requires_grad_(True)
-    try:
+    ``config.seed``; at most ``config.max_steps`` optimizer steps run. The parameters (and
+    ``module``'s buffers, such as BN statistics in train mode) end as they were at the start
+    of the epoch with the lowest training loss — the start of the first epoch included, so
+    training never ends worse than it began. Returns the loss of every epoch."""
+    with trainable(module, parameters):
         return _run(module, list(parameters), inputs, targets, config, description, progress)
-    finally:
-        for parameter in parameters:
-            parameter.requires_grad_(False)
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+
+
+def _snapshot(parameters, buffers) -> list[torch.Tensor]:
+    return [tensor.detach().clone() for tensor in (*parameters, *buffers)]
 
 
 def _run(module, parameters, inputs, targets, config, description, progress) -> list[float]:
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    buffers = list(module.buffers())
     count = len(inputs[0])
-    steps_per_epoch = -(-count // config.batch_size)
-    epochs = config.epochs
-    if config.max_steps is not None:
-        epochs = max(1, min(epochs, config.max_steps // steps_per_epoch))
+    steps_left = config.max_steps if config.max_steps is not None else float("inf")
     best_loss, best_state, since_best = float("inf"), None, 0
     history: list[float] = []
-    bar = tqdm(range(epochs), desc=description, leave=False, disable=not progress or None)
+    bar = tqdm(range(config.epochs), desc=description, leave=False, disable=not progress or None)
     for _ in bar:
+        if steps_left <= 0:
+            break
+        # The epoch's loss is measured along the way, mostly with these starting values.
+        start_state = _snapshot(parameters, buffers)
         order = torch.randperm(count, generator=generator)
-        total = 0.0
-        for start in range(0, count, config.batch_size):
-            index = order[start:start + config.batch_size]
-            loss = mse(_as_list(module(*(x[index] for x in inputs))), [t[index] for t in targets])
+        total, seen = 0.0, 0
+        for begin in range(0, count, config.batch_size):
+            if steps_left <= 0:
+                break
+            index = order[begin:begin + config.batch_size]
+            loss = mse(as_list(module(*(x[index] for x in inputs))), [t[index] for t in targets])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(index)
-        history.append(total / count)
+            steps_left -= 1
+            total, seen = total + loss.item() * len(index), seen + len(index)
+        history.append(total / seen)
         bar.set_postfix(loss=f"{history[-1]:.4g}")
         if history[-1] < best_loss:
-            best_loss, since_best = history[-1], 0
-            best_state = [p.detach().clone() for p in parameters]
+            best_loss, best_state, since_best = history[-1], start_state, 0
         else:
             since_best += 1
             if since_best >= config.patience:
                 break
-    with torch.no_grad():
-        for parameter, value in zip(parameters, best_state):
-            parameter.copy_(value)
+    if best_state is not None:
+        with torch.no_grad():
+            for tensor, value in zip((*parameters, *buffers), best_state):
+                tensor.copy_(value)
     return history

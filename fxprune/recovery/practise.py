@@ -34,10 +34,10 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from fxprune.adapters import ADAPTER_META, Adapter
+from fxprune.adapters import ADAPTER_META
 from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.errors import PreconditionError
-from fxprune.graph import module_of, named_modules
+from fxprune.graph import adapter_nodes, named_modules
 from fxprune.recovery.fit import FitConfig, fit, set_batchnorm_training
 from fxprune.recovery.segments import run_batched, segment
 
@@ -69,11 +69,6 @@ class StepReport:
     loss_after: float
     epochs: int
     seconds: float
-
-
-def adapter_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    modules = named_modules(gm)
-    return [node for node in gm.graph.nodes if isinstance(module_of(node, modules), Adapter)]
 
 
 def _input_name(gm: fx.GraphModule) -> str:
@@ -111,9 +106,14 @@ def _losses(module, images, targets, batch_size) -> float:
 def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tensor,
             config: RecoveryConfig = RecoveryConfig(), progress: bool = True
             ) -> list[StepReport]:
-    """Train ``student``'s adapters in place on ``images`` (a normalised NCHW batch)."""
+    """Train ``student``'s adapters in place on ``images`` (a normalised NCHW batch).
+
+    Raises ``PreconditionError`` before training anything when the schedule cannot train every
+    adapter (layer-wise: an adapter not placed before a conv; stage-wise and joint: an adapter
+    after the last stage output)."""
     teacher.eval()
     student.eval()
+    _check_schedule(teacher, student, config.schedule)
     schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
     return schedule[config.schedule](teacher, student, images, config, progress)
 
@@ -144,6 +144,26 @@ def _joint(teacher, student, images, config, progress) -> list[StepReport]:
                        len(history), time.perf_counter() - start)]
 
 
+def _check_schedule(teacher, student, schedule: str) -> None:
+    adapters = adapter_nodes(student)
+    if schedule == "layerwise":
+        misplaced = [node.name for node in adapters
+                     if node.meta.get(ADAPTER_META) is None
+                     or node.meta[ADAPTER_META].side != "input" or len(node.users) != 1]
+        if misplaced:
+            raise PreconditionError(
+                f"layer-wise recovery trains adapters placed before a conv; {', '.join(misplaced)} "
+                "are not (use placement 'paper', or the stage-wise or joint schedule)")
+        return
+    order = {node.name: index for index, node in enumerate(student.graph.nodes)}
+    last = max(order[stand_in(student, stage.blocks[-1].exit)]
+               for stage in find_structure(teacher).stages)
+    outside = [node.name for node in adapters if order[node.name] > last]
+    if outside:
+        raise PreconditionError(f"adapters after the last stage output cannot be recovered: "
+                                f"{', '.join(outside)}")
+
+
 def _stagewise(teacher, student, images, config, progress) -> list[StepReport]:
     student_outputs, targets = _stage_targets(teacher, student, images, config)
     order = {node.name: index for index, node in enumerate(student.graph.nodes)}
@@ -162,10 +182,6 @@ def _stagewise(teacher, student, images, config, progress) -> list[StepReport]:
         features = run_batched(segment(student, [source], [output]), [features],
                                config.eval_batch_size)[0]
         source, lower = output, upper
-    outside = [node.name for node in adapters if order[node.name] > lower]
-    if outside:
-        raise PreconditionError(f"adapters after the last stage output cannot be recovered "
-                                f"stage-wise: {', '.join(outside)}")
     return reports
 
 
@@ -175,13 +191,7 @@ def _layerwise(teacher, student, images, config, progress) -> list[StepReport]:
     nodes = tqdm(adapter_nodes(student), desc="recover layers", leave=False,
                  disable=not progress or None)
     for adapter in nodes:
-        consumers = list(adapter.users)
-        site = adapter.meta.get(ADAPTER_META)
-        if site is None or site.side != "input" or len(consumers) != 1:
-            raise PreconditionError(
-                f"layer-wise recovery trains adapters placed before a conv; '{adapter.name}' is "
-                "not one (use the stage-wise schedule for output-side adapters)")
-        conv = consumers[0]
+        conv = next(iter(adapter.users))
         producer = adapter.args[0].name
         features = run_batched(segment(student, [source], [producer]), [images],
                                config.eval_batch_size)[0]

@@ -49,6 +49,11 @@ def segment(gm: fx.GraphModule, inputs: Sequence[str], outputs: Sequence[str]) -
     return fx.GraphModule(gm, graph, f"segment_{outputs[-1]}")
 
 
+def as_list(result) -> list[torch.Tensor]:
+    """A module's output as a list of tensors (one output or a tuple of them)."""
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
 @torch.no_grad()
 def run_batched(module: torch.nn.Module, inputs: Sequence[torch.Tensor], batch_size: int
                 ) -> list[torch.Tensor]:
@@ -56,6 +61,5 @@ def run_batched(module: torch.nn.Module, inputs: Sequence[torch.Tensor], batch_s
     of tensors (one per module output), concatenated over the batches."""
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, len(inputs[0]), batch_size):
-        result = module(*(tensor[start:start + batch_size] for tensor in inputs))
-        chunks.append(list(result) if isinstance(result, (tuple, list)) else [result])
+        chunks.append(as_list(module(*(tensor[start:start + batch_size] for tensor in inputs))))
     return [torch.cat(parts) for parts in zip(*chunks)]

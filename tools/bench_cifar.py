@@ -1,0 +1,176 @@
+"""CIFAR-10 ResNet-56: block drop + tiny-set recovery, every method on the same images and seeds.
+
+Schemes: the paper's rule (1.2, 2.2, 3.2) and a deeper cut of 9 blocks (x.2-x.4 per stage).
+Tiny sets: N in {10, 50, 100, 500} lossless CIFAR-10 training images, N/10 per class, seeds 0-4.
+Methods: ``pruned`` (no recovery), ``baseline`` (Eq. 4 finetune of the pruned network, no
+adapters), ``practise`` (label-free adapter recovery, the default schedule), ``practise+ce-mse``
+and ``practise+mir`` (finetunes from the recovered student). Top-1 on the 1,017 lossless test
+images and on the full 10,000-image JPEG test set; seconds per method (this machine, 2 cores).
+
+The run is resumable: every finished cell is appended to the JSON results at once, and a rerun
+skips cells already there, so a long sweep can be spread over several sessions. ``--budget``
+stops starting new cells after that many minutes. The markdown table is rebuilt from the JSON.
+
+    .venv/bin/python tools/bench_cifar.py [--budget MINUTES] [--schemes 3 9] [--sizes 50 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fxprune import drop_sites, find_structure, load_model, trace  # noqa: E402
+from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
+from fxprune.evaluate import top1  # noqa: E402
+from fxprune.pass_manager import PassManager  # noqa: E402
+from fxprune.passes import DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters  # noqa: E402
+from fxprune.recovery.finetune import FinetuneConfig, finetune  # noqa: E402
+from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
+
+SCHEMES = {"3": ["1.2", "2.2", "3.2"],
+           "9": ["1.2", "1.3", "1.4", "2.2", "2.3", "2.4", "3.2", "3.3", "3.4"]}
+SIZES = (50, 10, 100, 500)
+METHODS = ("pruned", "baseline", "practise", "practise+ce-mse", "practise+mir")
+RESULTS = ROOT / "tools" / "results" / "cifar_resnet56"
+
+
+class Bench:
+    def __init__(self):
+        self.loaded = load_model("cifar:resnet56")
+        self.size = self.loaded.input_size
+        self.pool = open_pool("cifar10", "train")
+        lossless = open_pool("cifar10", "test")
+        jpeg = open_pool("cifar10-jpeg", "test")
+        self.evals = {"lossless": (self.tensor(lossless), lossless.labels),
+                      "jpeg": (self.tensor(jpeg), jpeg.labels)}
+        self.teacher = trace(self.loaded.model, self.size).eval()
+
+    def tensor(self, pool):
+        return to_tensor(pool, self.size, self.loaded.mean, self.loaded.std)
+
+    def accuracy(self, model) -> dict[str, float]:
+        return {name: top1(model, images, labels) for name, (images, labels) in self.evals.items()}
+
+    def student(self, ids: list[str], with_adapters: bool):
+        gm = trace(self.loaded.model, self.size).eval()
+        sites = drop_sites(gm, find_structure(gm), ids, "cvpr") if with_adapters else []
+        return PassManager([DropBlocks(ids), InsertAdapters(sites)])(gm).graph_module
+
+    def finetuned(self, student, images, labels, objective: str, seed: int):
+        config = FinetuneConfig(objective=objective, seed=seed)
+        finetune(self.teacher, student, images, labels, config, progress=False)
+        return student
+
+    def cell(self, scheme: str, size: int, seed: int) -> dict[str, dict]:
+        """Every method except ``pruned`` for one tiny set."""
+        ids = SCHEMES[scheme]
+        chosen = sample(self.pool, per_class=size // 10, seed=seed)
+        images, labels = self.tensor(chosen), chosen.labels
+        rows = {}
+
+        tick = time.perf_counter()
+        baseline = self.finetuned(self.student(ids, False), images, labels, "ce-mse", seed)
+        rows["baseline"] = self.row(FoldBatchNorm()(baseline).graph_module, tick)
+
+        tick = time.perf_counter()
+        recovered = self.student(ids, True)
+        recover(self.teacher, recovered, images, RecoveryConfig(), progress=False)
+        seconds = time.perf_counter() - tick
+        rows["practise"] = self.row(FoldAdapters()(copy.deepcopy(recovered)).graph_module, tick,
+                                    seconds)
+        for objective in ("ce-mse", "mir"):
+            tick = time.perf_counter()
+            tuned = self.finetuned(copy.deepcopy(recovered), images, labels, objective, seed)
+            rows[f"practise+{objective}"] = self.row(FoldAdapters()(tuned).graph_module, tick,
+                                                     seconds + time.perf_counter() - tick)
+        return rows
+
+    def row(self, model, tick: float, seconds: float | None = None) -> dict:
+        seconds = time.perf_counter() - tick if seconds is None else seconds
+        return {"seconds": seconds, **self.accuracy(model)}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"cells": {}}
+
+
+def summarize(results: dict) -> str:
+    lines = ["# CIFAR-10 ResNet-56: block drop + tiny-set recovery", "",
+             "`.venv/bin/python tools/bench_cifar.py` — top-1 % mean ± std over seeds "
+             "(n = seeds done); lossless = 1,017 exact test images, jpeg = all 10,000 test "
+             "images as JPEG q75; seconds on this 2-core CPU.", "",
+             f"Original: lossless {results['original']['lossless']:.2f}, jpeg "
+             f"{results['original']['jpeg']:.2f}.", ""]
+    for scheme in SCHEMES:
+        pruned = results.get("pruned", {}).get(scheme)
+        if pruned is None:
+            continue
+        lines += [f"## {scheme} blocks dropped ({', '.join(SCHEMES[scheme])}); pruned, no "
+                  f"recovery: lossless {pruned['lossless']:.2f}, jpeg {pruned['jpeg']:.2f}", "",
+                  "| N | method | n | lossless | jpeg | seconds |", "|---|---|---|---|---|---|"]
+        for size in sorted(SIZES):
+            for method in METHODS[1:]:
+                cells = [rows[method] for key, rows in results["cells"].items()
+                         if key.startswith(f"{scheme}/{size}/")]
+                if cells:
+                    lines.append(f"| {size} | {method} | {len(cells)} | "
+                                 f"{_mean_std([c['lossless'] for c in cells])} | "
+                                 f"{_mean_std([c['jpeg'] for c in cells])} | "
+                                 f"{statistics.mean(c['seconds'] for c in cells):.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--schemes", nargs="+", choices=list(SCHEMES), default=list(SCHEMES))
+    parser.add_argument("--sizes", nargs="+", type=int, choices=SIZES, default=list(SIZES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--budget", type=float, default=None, help="minutes; no new cell after")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    json_path, md_path = args.output.with_suffix(".json"), args.output.with_suffix(".md")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    results = load(json_path)
+    start = time.perf_counter()
+    bench = Bench()
+    results["original"] = bench.accuracy(bench.teacher)
+    results.setdefault("pruned", {})
+    for scheme in args.schemes:
+        if scheme not in results["pruned"]:
+            pruned = FoldBatchNorm()(bench.student(SCHEMES[scheme], False)).graph_module
+            results["pruned"][scheme] = bench.accuracy(pruned)
+    pending = [f"{scheme}/{size}/{seed}" for scheme in args.schemes for size in args.sizes
+               for seed in args.seeds if f"{scheme}/{size}/{seed}" not in results["cells"]]
+    for key in pending:
+        if args.budget is not None and time.perf_counter() - start > 60 * args.budget:
+            print(f"budget reached; {len(pending) - pending.index(key)} cells left", flush=True)
+            break
+        scheme, size, seed = key.split("/")
+        torch.manual_seed(int(seed))
+        results["cells"][key] = bench.cell(scheme, int(size), int(seed))
+        json_path.write_text(json.dumps(results, indent=1))
+        md_path.write_text(summarize(results) + "\n")
+        print(key, {m: round(r["lossless"], 2) for m, r in results["cells"][key].items()},
+              flush=True)
+    json_path.write_text(json.dumps(results, indent=1))
+    md_path.write_text(summarize(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
