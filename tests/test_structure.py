@@ -63,6 +63,11 @@ def test_resnet18_first_block_is_droppable():
     assert structure.block("1.1").droppable and not structure.block("2.1").droppable
 
 
+@pytest.mark.parametrize("depth, per_stage", [(20, 3), (32, 5), (44, 7), (56, 9), (110, 18)])
+def test_cifar_resnets_blocks_per_stage(depth, per_stage):
+    assert _counts(_structure(cifar_resnet(depth), (3, 32, 32))) == [per_stage] * 3
+
+
 def test_cifar_resnet56_option_a_shortcuts():
     structure = _structure(cifar_resnet(56), (3, 32, 32))
     assert _counts(structure) == [9, 9, 9]
