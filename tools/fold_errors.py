@@ -25,6 +25,7 @@ from tests.test_exactness import ARCHITECTURES, SIZES, _compressed  # noqa: E402
 
 def measure(name: str) -> dict:
     size = SIZES.get(name, (3, 64, 64))
+    torch.manual_seed(0)  # random init: the same weights on every run
     model = ARCHITECTURES[name]()
     row = {"architecture": name, "input": list(size)}
     for dtype, label, metric in [(torch.float64, "fp64_max_abs", max_abs_diff),
