@@ -14,15 +14,13 @@ def predictions(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -
     return run_batched(model, [images], batch_size)[0].argmax(1)
 
 
+def percent_equal(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Percent of positions where two label vectors agree: top-1 accuracy against the labels,
+    or, against the original model's predictions, a quality estimate that needs no labels."""
+    return 100.0 * (a == b).float().mean().item()
+
+
 def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
          batch_size: int = 256) -> float:
     """Top-1 accuracy in percent."""
-    return 100.0 * (predictions(model, images, batch_size) == labels).float().mean().item()
-
-
-def agreement(reference: nn.Module, model: nn.Module, images: torch.Tensor,
-              batch_size: int = 256) -> float:
-    """Percent of images on which ``model`` predicts the same class as ``reference``: a quality
-    estimate that needs no labels."""
-    same = predictions(reference, images, batch_size) == predictions(model, images, batch_size)
-    return 100.0 * same.float().mean().item()
+    return percent_equal(predictions(model, images, batch_size), labels)

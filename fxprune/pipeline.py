@@ -7,6 +7,7 @@ and a report of what was done and what it cost.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections.abc import Sequence
@@ -99,8 +100,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
                       "is only pruned, not recovered", stacklevel=2)
         recover = "none"
     student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
-    pruned = FoldBatchNorm()(trace(model, size, leaf_modules).eval()).graph_module
-    pruned = DropBlocks(ids)(pruned).graph_module
+    pruned = PassManager([DropBlocks(ids), FoldBatchNorm()])(copy.deepcopy(teacher)).graph_module
     phases: dict[str, float] = {}
     steps = []
     if sites:

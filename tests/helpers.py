@@ -56,6 +56,18 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+FP64_ATOL = 1e-9  # float64: folding is exact up to rounding
+FP32_RTOL = 1e-4  # float32: relative to the output's magnitude
+
+
+def assert_equivalent(expected: torch.Tensor, actual: torch.Tensor) -> None:
+    """Equal up to rounding: ``FP64_ATOL`` absolute in float64, ``FP32_RTOL`` relative else."""
+    if expected.dtype == torch.float64:
+        assert max_abs_diff(expected, actual) <= FP64_ATOL
+    else:
+        assert max_rel_diff(expected, actual) <= FP32_RTOL
+
+
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max abs difference relative to the largest magnitude of the reference ``a``."""
     return max_abs_diff(a, b) / max(a.abs().max().item(), 1e-12)

@@ -16,10 +16,9 @@ from fxprune.errors import PreconditionError
 from fxprune.models import cifar_resnet
 from fxprune.passes import DropBlocks
 from fxprune.tracing import trace
-from tests.helpers import calibrate_and_randomize, count_modules, max_abs_diff, max_rel_diff
+from tests.helpers import (FP64_ATOL, assert_equivalent, calibrate_and_randomize, count_modules,
+                           max_abs_diff)
 
-FP64_ATOL = 1e-9
-FP32_RTOL = 1e-4
 
 
 
@@ -213,10 +212,7 @@ def test_drop_matches_the_hand_computed_network_with_random_statistics(dtype):
     assert DropBlocks(["1.3"])(gm).modified
     assert DropBlocks(["2.2"])(gm).modified
     expected = _run(model, x, replace={2: model.blocks[2].skip, 4: model.blocks[4].skip})
-    if dtype == torch.float64:
-        assert max_abs_diff(expected, _run(gm, x)) <= FP64_ATOL
-    else:
-        assert max_rel_diff(expected, _run(gm, x)) <= FP32_RTOL
+    assert_equivalent(expected, _run(gm, x))
 
 
 # --- shortcut-free units ----------------------------------------------------------------------

@@ -19,11 +19,9 @@ from fxprune.graph import module_of, named_modules
 from fxprune.models import cifar_resnet
 from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
 from fxprune.tracing import trace
-from tests.helpers import (calibrate_and_randomize, count_modules, max_abs_diff, max_rel_diff,
-                           randomize_adapters)
+from tests.helpers import (FP32_RTOL, FP64_ATOL, assert_equivalent, calibrate_and_randomize,
+                           count_modules, max_abs_diff, max_rel_diff, randomize_adapters)
 
-FP64_ATOL = 1e-9
-FP32_RTOL = 1e-4
 
 
 
@@ -216,10 +214,7 @@ def test_drop_insert_fold_cifar_resnet(dtype):
     gm.graph.lint()
     assert count_modules(gm, Adapter) == 0 and count_modules(gm, nn.BatchNorm2d) == 0
     assert count_modules(gm, nn.Conv2d) == 17
-    if dtype == torch.float64:
-        assert max_abs_diff(ref, _run(gm, x)) <= FP64_ATOL
-    else:
-        assert max_rel_diff(ref, _run(gm, x)) <= FP32_RTOL
+    assert_equivalent(ref, _run(gm, x))
 
 
 # --- adapters that must stay ------------------------------------------------------------------

@@ -12,10 +12,9 @@ from torch import nn
 from fxprune.models import cifar_resnet
 from fxprune.passes import FoldBatchNorm
 from fxprune.tracing import trace
-from tests.helpers import calibrate_and_randomize, count_modules, max_abs_diff, max_rel_diff
+from tests.helpers import (FP32_RTOL, FP64_ATOL, calibrate_and_randomize, count_modules,
+                           max_abs_diff, max_rel_diff)
 
-FP64_ATOL = 1e-9
-FP32_RTOL = 1e-4
 
 
 

@@ -19,11 +19,9 @@ from fxprune.models import cifar_resnet
 from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.adapters import ADAPTER_META
 from fxprune.tracing import trace
-from tests.helpers import (calibrate_and_randomize, count_modules, max_abs_diff, max_rel_diff,
-                           randomize_adapters)
+from tests.helpers import (FP64_ATOL, assert_equivalent, calibrate_and_randomize, count_modules,
+                           max_abs_diff, randomize_adapters)
 
-FP64_ATOL = 1e-9
-FP32_RTOL = 1e-4
 
 
 
@@ -187,10 +185,7 @@ def test_identity_adapters_do_not_change_the_function(dtype):
 
     assert count_modules(gm, Adapter) == len(_adapter_nodes(gm)) > len(sites) // 2
     assert all(gm.get_submodule(n.target).weight.dtype == dtype for n in _adapter_nodes(gm))
-    if dtype == torch.float64:
-        assert max_abs_diff(ref, _run(gm, x)) <= FP64_ATOL
-    else:
-        assert max_rel_diff(ref, _run(gm, x)) <= FP32_RTOL
+    assert_equivalent(ref, _run(gm, x))
 
 
 # --- idempotence ------------------------------------------------------------------------------

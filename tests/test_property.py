@@ -28,11 +28,11 @@ from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
 from fxprune.adapters import ADAPTER_META
 
 from fxprune.tracing import trace
-from tests.helpers import calibrate_and_randomize, count_modules, max_abs_diff, randomize_adapters
+from tests.helpers import (FP64_ATOL, calibrate_and_randomize, count_modules, max_abs_diff,
+                           randomize_adapters)
 from tests.random_cnn import INPUT_SIZE, random_cnn_with_specs
 
 SEEDS = range(200)
-FP64_ATOL = 1e-9
 
 # Adapter counts over the whole run, checked by test_fold_rate_over_the_run.
 _TALLY = {"cases": 0, "adapters": 0, "folded": 0, "site_adapters": 0, "site_folded": 0}

@@ -19,7 +19,7 @@ from fxprune.commands.common import add_model_arguments
 from fxprune.pipeline import FINETUNES, RECOVERIES, compress
 from fxprune.datasets import open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError
-from fxprune.evaluate import agreement, top1
+from fxprune.evaluate import percent_equal, predictions
 from fxprune.export import export_onnx, onnx_max_abs_diff
 from fxprune.models import load_model
 from fxprune.recovery.practise import SCHEDULES, RecoveryConfig
@@ -98,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
                             "labelled": chosen.labels is not None},
                   evaluation={"pool": evaluation.name, "images": len(evaluation),
                               "labelled": evaluation.labels is not None})
+    reference = predictions(result.teacher, eval_images)
     for key, model in (("original", result.teacher), ("pruned", result.pruned),
                        ("compressed", result.model)):
-        report[key]["top1"] = (top1(model, eval_images, evaluation.labels)
+        predicted = reference if model is result.teacher else predictions(model, eval_images)
+        report[key]["top1"] = (percent_equal(predicted, evaluation.labels)
                                if evaluation.labels is not None else None)
-        report[key]["agreement"] = agreement(result.teacher, model, eval_images)
+        report[key]["agreement"] = percent_equal(predicted, reference)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -195,6 +195,8 @@ def _layerwise(teacher, student, images, config, progress) -> list[StepReport]:
         producer = adapter.args[0].name
         features = run_batched(segment(student, [source], [producer]), [images],
                                config.eval_batch_size)[0]
+        # one teacher pass per adapter: holding every conv target at once would cost memory
+        # proportional to the whole network's activations on the tiny set
         target = run_batched(segment(teacher, [_input_name(teacher)], [conv.name]), [images],
                              config.eval_batch_size)[0]
         reports.append(_train(student, target, ([producer], [features]), [adapter], conv.name,
