@@ -3,6 +3,8 @@
 ``FxpruneError`` is the base of every error caused by a user's input (a bad model spec, a
 weights file that does not fit, a block id that does not exist, ...). The CLI prints such an
 error as one line and exits non-zero; anything else is a bug and keeps its traceback.
+``FxpruneWarning`` marks something the user should know that does not stop the work (images
+skipped, nothing recovered); the CLI prints it as one ``fxprune: warning:`` line.
 """
 
 
@@ -24,3 +26,7 @@ class TraceError(FxpruneError):
 
 class PreconditionError(FxpruneError):
     """A pass was asked to do something the graph does not allow (names the node or block)."""
+
+
+class FxpruneWarning(UserWarning):
+    """Work goes on, but the user should know (the message says what was skipped or changed)."""

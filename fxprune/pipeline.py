@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import Structure, find_structure
-from fxprune.errors import FxpruneError
+from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.graph import parameter_dtype
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.pass_manager import PassManager
@@ -97,7 +97,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
     if recover == "practise" and not sites:
         warnings.warn(f"no adapter can be placed (and folded) around blocks {ids}: the network "
-                      "is only pruned, not recovered", stacklevel=2)
+                      "is only pruned, not recovered", FxpruneWarning, stacklevel=2)
         recover = "none"
     student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
     pruned = PassManager([DropBlocks(ids), FoldBatchNorm()])(copy.deepcopy(teacher)).graph_module

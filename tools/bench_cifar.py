@@ -8,10 +8,13 @@ and ``practise+mir`` (finetunes from the recovered student). Top-1 on the 1,017 
 images and on the full 10,000-image JPEG test set; seconds per method (this machine, 2 cores).
 
 The run is resumable: every finished cell is appended to the JSON results at once, and a rerun
-skips cells already there, so a long sweep can be spread over several sessions. ``--budget``
-stops starting new cells after that many minutes. The markdown table is rebuilt from the JSON.
+skips the methods a cell already has, so a long sweep can be spread over several sessions;
+``--methods`` runs a subset first. ``--budget`` stops starting new cells after that many
+minutes; ``--threads 1`` leaves a core free (the seconds column then says so). The markdown
+table is rebuilt from the JSON.
 
     .venv/bin/python tools/bench_cifar.py [--budget MINUTES] [--schemes 3 9] [--sizes 50 ...]
+                                          [--methods practise ...] [--threads T]
 """
 
 from __future__ import annotations
@@ -71,33 +74,38 @@ class Bench:
         finetune(self.teacher, student, images, labels, config, progress=False)
         return student
 
-    def cell(self, scheme: str, size: int, seed: int) -> dict[str, dict]:
-        """Every method except ``pruned`` for one tiny set."""
+    def cell(self, scheme: str, size: int, seed: int, methods: list[str],
+             rows: dict[str, dict]) -> dict[str, dict]:
+        """The ``methods`` not yet in ``rows`` for one tiny set; ``rows`` is updated."""
         ids = SCHEMES[scheme]
         chosen = sample(self.pool, per_class=size // 10, seed=seed)
         images, labels = self.tensor(chosen), chosen.labels
-        rows = {}
-
-        tick = time.perf_counter()
-        baseline = self.finetuned(self.student(ids, False), images, labels, "ce-mse", seed)
-        rows["baseline"] = self.row(FoldBatchNorm()(baseline).graph_module, tick)
-
+        todo = [method for method in methods if method not in rows]
+        if "baseline" in todo:
+            tick = time.perf_counter()
+            baseline = self.finetuned(self.student(ids, False), images, labels, "ce-mse", seed)
+            rows["baseline"] = self.row(FoldBatchNorm()(baseline).graph_module, tick)
+        finetunes = [method for method in todo if method.startswith("practise+")]
+        if "practise" not in todo and not finetunes:
+            return rows
         tick = time.perf_counter()
         recovered = self.student(ids, True)
         recover(self.teacher, recovered, images, RecoveryConfig(), progress=False)
         seconds = time.perf_counter() - tick
-        rows["practise"] = self.row(FoldAdapters()(copy.deepcopy(recovered)).graph_module, tick,
-                                    seconds)
-        for objective in ("ce-mse", "mir"):
+        if "practise" in todo:
+            rows["practise"] = self.row(FoldAdapters()(copy.deepcopy(recovered)).graph_module,
+                                        tick, seconds)
+        for method in finetunes:
             tick = time.perf_counter()
+            objective = method.removeprefix("practise+")
             tuned = self.finetuned(copy.deepcopy(recovered), images, labels, objective, seed)
-            rows[f"practise+{objective}"] = self.row(FoldAdapters()(tuned).graph_module, tick,
-                                                     seconds + time.perf_counter() - tick)
+            rows[method] = self.row(FoldAdapters()(tuned).graph_module, tick,
+                                    seconds + time.perf_counter() - tick)
         return rows
 
     def row(self, model, tick: float, seconds: float | None = None) -> dict:
         seconds = time.perf_counter() - tick if seconds is None else seconds
-        return {"seconds": seconds, **self.accuracy(model)}
+        return {"seconds": seconds, "threads": torch.get_num_threads(), **self.accuracy(model)}
 
 
 def load(path: Path) -> dict:
@@ -121,14 +129,21 @@ def summarize(results: dict) -> str:
         for size in sorted(SIZES):
             for method in METHODS[1:]:
                 cells = [rows[method] for key, rows in results["cells"].items()
-                         if key.startswith(f"{scheme}/{size}/")]
+                         if key.startswith(f"{scheme}/{size}/") and method in rows]
                 if cells:
                     lines.append(f"| {size} | {method} | {len(cells)} | "
                                  f"{_mean_std([c['lossless'] for c in cells])} | "
                                  f"{_mean_std([c['jpeg'] for c in cells])} | "
-                                 f"{statistics.mean(c['seconds'] for c in cells):.0f} |")
+                                 f"{_seconds(cells)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _seconds(cells: list[dict]) -> str:
+    """Mean seconds, with the torch thread count when it was not 2 (older rows: 2)."""
+    threads = sorted({cell.get("threads", 2) for cell in cells})
+    note = "" if threads == [2] else f" ({'/'.join(map(str, threads))} thr)"
+    return f"{statistics.mean(cell['seconds'] for cell in cells):.0f}{note}"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -141,12 +156,16 @@ def main(argv=None) -> None:
     parser.add_argument("--schemes", nargs="+", choices=list(SCHEMES), default=list(SCHEMES))
     parser.add_argument("--sizes", nargs="+", type=int, choices=SIZES, default=list(SIZES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--methods", nargs="+", choices=METHODS[1:], default=list(METHODS[1:]))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--budget", type=float, default=None, help="minutes; no new cell after")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     json_path, md_path = args.output.with_suffix(".json"), args.output.with_suffix(".md")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     results = load(json_path)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     bench = Bench()
     results["original"] = bench.accuracy(bench.teacher)
@@ -156,14 +175,16 @@ def main(argv=None) -> None:
             pruned = FoldBatchNorm()(bench.student(SCHEMES[scheme], False)).graph_module
             results["pruned"][scheme] = bench.accuracy(pruned)
     pending = [f"{scheme}/{size}/{seed}" for scheme in args.schemes for size in args.sizes
-               for seed in args.seeds if f"{scheme}/{size}/{seed}" not in results["cells"]]
+               for seed in args.seeds
+               if set(args.methods) - set(results["cells"].get(f"{scheme}/{size}/{seed}", {}))]
     for key in pending:
         if args.budget is not None and time.perf_counter() - start > 60 * args.budget:
             print(f"budget reached; {len(pending) - pending.index(key)} cells left", flush=True)
             break
         scheme, size, seed = key.split("/")
         torch.manual_seed(int(seed))
-        results["cells"][key] = bench.cell(scheme, int(size), int(seed))
+        rows = results["cells"].setdefault(key, {})
+        bench.cell(scheme, int(size), int(seed), args.methods, rows)
         json_path.write_text(json.dumps(results, indent=1))
         md_path.write_text(summarize(results) + "\n")
         print(key, {m: round(r["lossless"], 2) for m, r in results["cells"][key].items()},

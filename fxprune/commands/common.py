@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from torch import fx
+
+from fxprune.errors import FxpruneError
 
 from fxprune.models import LoadedModel, load_model
 from fxprune.tracing import trace
@@ -41,3 +48,26 @@ def load_and_trace(args: argparse.Namespace) -> tuple[LoadedModel, tuple[int, in
     loaded = load_model(args.model, args.weights)
     size = args.input_size or loaded.input_size
     return loaded, size, trace(loaded.model, size, leaf_modules=args.leaf)
+
+
+@contextmanager
+def atomic_output(out: Path, force: bool) -> Iterator[Path]:
+    """A staging folder beside ``out``, renamed to ``out`` when the block succeeds and removed
+    when it fails or is interrupted: ``out`` is either complete or untouched. An existing
+    ``out`` is refused unless ``force``; an unwritable place fails here, before any work."""
+    if out.exists() and not force:
+        raise FxpruneError(f"output folder {out} exists (use --force to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:
+        raise FxpruneError(f"cannot write output folder {out}: {error.strerror} "
+                           f"({error.filename})") from error
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

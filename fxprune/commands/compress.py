@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from fxprune.commands.common import add_model_arguments
+from fxprune.commands.common import add_model_arguments, atomic_output
 from fxprune.pipeline import FINETUNES, RECOVERIES, compress
 from fxprune.datasets import open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError
@@ -74,10 +72,15 @@ def _check_labels(model, example, *pools) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with atomic_output(args.out, args.force) as staging:
+        report = compress_to(args, staging)
+    _print_summary(report, args.out)
+    return 0
+
+
+def compress_to(args: argparse.Namespace, folder: Path) -> dict:
+    """The whole command, writing its outputs into ``folder``; returns the report."""
     start = time.perf_counter()
-    out: Path = args.out
-    if out.exists() and not args.force:
-        raise FxpruneError(f"output folder {out} exists (use --force to replace it)")
     loaded = load_model(args.model, args.weights)
     size = args.input_size or loaded.input_size
     chosen, rest = split_pool(open_pool(args.data), n=args.images, per_class=args.shots,
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     placement = args.placement or ("paper" if args.schedule == "layerwise" else "cvpr")
     result = compress(loaded.model, images, size, labels=chosen.labels, drop=args.drop,
                       placement=placement, recover=args.recover,
-                      recovery=RecoveryConfig(schedule=args.schedule), finetune=args.finetune, seed=args.seed, leaf_modules=args.leaf)
+                      recovery=RecoveryConfig(schedule=args.schedule), finetune=args.finetune,
+                      seed=args.seed, leaf_modules=args.leaf)
     report = result.report
     report.update(model=args.model, weights=loaded.weights, data=args.data,
                   tiny_set={"images": len(chosen), "per_class": args.shots, "seed": args.seed,
@@ -105,24 +109,14 @@ def run(args: argparse.Namespace) -> int:
         report[key]["top1"] = (percent_equal(predicted, evaluation.labels)
                                if evaluation.labels is not None else None)
         report[key]["agreement"] = percent_equal(predicted, reference)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        export_onnx(result.model, size, staging / "model.onnx")
-        report["onnx_max_abs_diff"] = onnx_max_abs_diff(result.model, staging / "model.onnx",
-                                                        eval_images[:64])
-        torch.save(result.model, staging / "model.pt")
-        report["seconds_total"] = time.perf_counter() - start
-        (staging / "report.json").write_text(json.dumps(report, indent=1))
-        write_report(report, staging / "report.md")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _print_summary(report, out)
-    return 0
+    export_onnx(result.model, size, folder / "model.onnx")
+    report["onnx_max_abs_diff"] = onnx_max_abs_diff(result.model, folder / "model.onnx",
+                                                    eval_images[:64])
+    torch.save(result.model, folder / "model.pt")
+    report["seconds_total"] = time.perf_counter() - start
+    (folder / "report.json").write_text(json.dumps(report, indent=1))
+    write_report(report, folder / "report.md")
+    return report
 
 
 def _print_summary(report: dict, out: Path) -> None:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from fxprune.data import data_dir
 from fxprune.datasets.images import check_image, parallel_map
-from fxprune.errors import FxpruneError
+from fxprune.errors import FxpruneError, FxpruneWarning
 
 ACCEPTED_SPECS = (
     "accepted forms: 'cifar10[:DIR]' (DIR holds cifar10_lossless_prefix.npz or cifar-10-batches-py), "
@@ -223,7 +223,7 @@ def _checked(paths: list[Path], where: Path) -> list[int]:
     bad = [i for i, e in enumerate(errors) if e is not None]
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {where}; first: "
-                      f"{paths[bad[0]]} ({errors[bad[0]]})", stacklevel=4)
+                      f"{paths[bad[0]]} ({errors[bad[0]]})", FxpruneWarning, stacklevel=4)
     if len(bad) == len(paths):
         raise FxpruneError(f"no readable image in {where} ({len(paths)} file(s) failed to decode)")
     return [i for i, e in enumerate(errors) if e is None]
@@ -247,7 +247,8 @@ def _folder(arg: str, split: str | None) -> ImagePool:
             labels += [index] * len(found)
         empty = [c for c in classes if c not in {p.relative_to(folder).parts[0] for p in paths}]
         if empty and len(empty) < len(classes):
-            warnings.warn(f"class folder(s) without images in {folder}: {', '.join(empty)}", stacklevel=3)
+            warnings.warn(f"class folder(s) without images in {folder}: {', '.join(empty)}",
+                          FxpruneWarning, stacklevel=3)
     else:
         paths, labels = _images_in(folder), None
     if not paths:

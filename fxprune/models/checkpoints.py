@@ -53,7 +53,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on garbled or unsafe input
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+        # the loaders' own messages run to several paragraphs; the cause is kept as __cause__
+        raise WeightsError(f"cannot read weights file {path}: not a torch.save checkpoint of "
+                           f"tensors, or a damaged one ({type(exc).__name__})") from exc
     tensors = _unwrap(content)
     if tensors is None:
         raise WeightsError(

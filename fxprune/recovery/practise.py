@@ -17,6 +17,13 @@ Three schedules, all label-free:
   output, starting from the student's features with all earlier adapters already trained. It
   supports input-side adapters (the paper's placement) only.
 
+``init="lstsq"`` first sets every adapter, one at a time in topological order, to the exact
+least-squares optimum of its own layer-wise objective (``fxprune.recovery.lstsq``): an adapter
+before conv ``c`` so that ``c``'s output matches the teacher's, an adapter after conv ``c`` so
+that its output matches the teacher's ``c`` output. With ``fit=None`` that is the whole
+recovery (closed-form layer-wise, no gradient step); otherwise the schedule's gradient steps
+start from there.
+
 A student node is paired with the teacher node of the same name; where a dropped block's
 output was, ``stand_in`` names the student node that carries that value now.
 
@@ -37,24 +44,31 @@ from tqdm.auto import tqdm
 from fxprune.adapters import ADAPTER_META
 from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.errors import PreconditionError
-from fxprune.graph import adapter_nodes, named_modules
+from fxprune.graph import adapter_nodes, conv_of, named_modules
 from fxprune.recovery.fit import FitConfig, fit, set_batchnorm_training
+from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.segments import run_batched, segment
 
 SCHEDULES = ("joint", "stagewise", "layerwise")
+INITS = ("identity", "lstsq")
 
 
 @dataclass(frozen=True)
 class RecoveryConfig:
     schedule: str = "stagewise"
-    fit: FitConfig = field(default_factory=lambda: FitConfig(lr=1e-3, max_steps=300,
-                                                             patience=20))
+    fit: FitConfig | None = field(default_factory=lambda: FitConfig(lr=1e-3, max_steps=300,
+                                                                    patience=20))
     bn: str = "eval"  # "eval" | "train"
+    init: str = "identity"  # "identity" | "lstsq"
     eval_batch_size: int = 256
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown recovery schedule '{self.schedule}' (use {SCHEDULES})")
+        if self.init not in INITS:
+            raise ValueError(f"unknown adapter init '{self.init}' (use {INITS})")
+        if self.fit is None and self.init != "lstsq":
+            raise ValueError("fit=None trains nothing; it needs init='lstsq'")
         if self.bn not in ("eval", "train"):
             raise ValueError(f"bn must be 'eval' or 'train', not '{self.bn}'")
 
@@ -113,9 +127,43 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
     after the last stage output)."""
     teacher.eval()
     student.eval()
-    _check_schedule(teacher, student, config.schedule)
+    if config.fit is not None:
+        _check_schedule(teacher, student, config.schedule)
+    reports = _solve_layerwise(teacher, student, images, config, progress) \
+        if config.init == "lstsq" else []
+    if config.fit is None:
+        return reports
     schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
-    return schedule[config.schedule](teacher, student, images, config, progress)
+    return reports + schedule[config.schedule](teacher, student, images, config, progress)
+
+
+def _solve_layerwise(teacher, student, images, config, progress) -> list[StepReport]:
+    """Every adapter at its closed-form layer-wise optimum, in topological order (each one
+    sees the student's features with the earlier adapters already solved)."""
+    modules = named_modules(student)
+    nodes = {node.name: node for node in student.graph.nodes}
+    reports: list[StepReport] = []
+    for adapter in tqdm(adapter_nodes(student), desc="solve adapters", leave=False,
+                        disable=not progress or None):
+        start = time.perf_counter()
+        site = adapter.meta[ADAPTER_META]
+        producer = adapter.args[0].name
+        compared = site.conv if site.side == "input" else adapter.name
+        features = run_batched(segment(student, [_input_name(student)], [producer]), [images],
+                               config.eval_batch_size)[0]
+        target = run_batched(segment(teacher, [_input_name(teacher)], [site.conv]), [images],
+                             config.eval_batch_size)[0]
+        module = segment(student, [producer], [compared])
+        before = _losses(module, features, [target], config.eval_batch_size)
+        if site.side == "input":
+            solve_before_conv(modules[adapter.target], conv_of(nodes[site.conv], modules),
+                              features, target)
+        else:
+            solve_after_conv(modules[adapter.target], features, target)
+        after = _losses(module, features, [target], config.eval_batch_size)
+        reports.append(StepReport(compared, [adapter.name], before, after, 0,
+                                  time.perf_counter() - start))
+    return reports
 
 
 def _stage_targets(teacher, student, images, config):

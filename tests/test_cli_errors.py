@@ -1,0 +1,163 @@
+"""Every user mistake the CLI knows about: one line on stderr, exit status 2, no traceback, and
+never an output folder (nor a staging folder) left behind."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fxprune import commands
+from fxprune.cli import main
+from fxprune.models import cifar_resnet
+
+UNTRACEABLE = """
+import torch
+
+class Gate(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return x
+
+def build():
+    return Gate()
+"""
+
+
+def _write_images(folder, count, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{index}.png")
+    return folder
+
+
+def _compress(tmp_path, *extra, data=None, model="cifar:resnet20"):
+    args = ["compress", model, "--data", data or "noise:30", "--images", "10", "--drop", "1.2",
+            "--recover", "none", "--out", str(tmp_path / "out")]
+    for option in extra:  # later options override the defaults above
+        name = option.split("=", 1)[0]
+        if name in args:
+            index = args.index(name)
+            del args[index:index + 2]
+    return args + [part for option in extra for part in option.split("=", 1)]
+
+
+def _assert_user_error(capsys, argv, message, tmp_path=None):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line and not line.startswith("fxprune: warning")]
+    assert len(lines) == 1 and lines[0].startswith("fxprune: error:"), err
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in err
+    if tmp_path is not None:
+        assert not (tmp_path / "out").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    return lines[0]
+
+
+@pytest.fixture
+def weights_files(tmp_path):
+    garbled = tmp_path / "garbled.pth"
+    garbled.write_bytes(b"\x80\x04 not a checkpoint at all")
+    other = tmp_path / "resnet32.pth"
+    torch.save(cifar_resnet(32).state_dict(), other)
+    return garbled, other
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("unknown model", ["compress", "torchvision:resnet5O"], "resnet5O"),
+    ("unknown model", ["compress", "no_such_module:build"], "no_such_module"),
+    ("missing weights", ["--weights=/no/such/weights.pth"], "/no/such/weights.pth"),
+    ("unknown block", ["--drop=7.1"], "no block '7.1'"),
+    ("non-droppable block", ["--drop=2.1"], "cannot be dropped"),
+    ("more blocks than exist", ["--drop=1.2,1.3,1.4"], "no block '1.4'"),
+    ("repeated block", ["--drop=1.2,1.2"], "repeat"),
+    ("N larger than the pool", ["--images=40"], "holds only 30"),
+    ("unknown pool", ["--data=imagenet64"], "imagenet64"),
+])
+def test_user_errors(tmp_path, capsys, case, extra, message):
+    argv = (_compress(tmp_path, model=extra[1]) if extra[0] == "compress"
+            else _compress(tmp_path, *extra))
+    _assert_user_error(capsys, argv, message, tmp_path)
+
+
+def test_garbled_and_misfitting_weights(tmp_path, capsys, weights_files):
+    garbled, other = weights_files
+    _assert_user_error(capsys, _compress(tmp_path, f"--weights={garbled}"), str(garbled),
+                       tmp_path)
+    line = _assert_user_error(capsys, _compress(tmp_path, f"--weights={other}"), "unexpected",
+                              tmp_path)
+    assert "layer1.3" in line  # names keys the model does not have
+
+
+def test_empty_folder_and_folder_without_images(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_user_error(capsys, _compress(tmp_path, data=f"folder:{empty}"), "holds no images",
+                       tmp_path)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "notes.txt").write_text("not an image")
+    _assert_user_error(capsys, _compress(tmp_path, data=f"folder:{texts}"), "holds no images",
+                       tmp_path)
+    _assert_user_error(capsys, _compress(tmp_path, data=f"folder:{tmp_path / 'absent'}"),
+                       "absent", tmp_path)
+
+
+def test_corrupt_images_are_skipped_with_a_count(tmp_path, capsys):
+    folder = _write_images(tmp_path / "images", 14)
+    for index in range(3):
+        (folder / f"broken{index}.jpg").write_bytes(b"\xff\xd8 truncated")
+    code = main(_compress(tmp_path, "--images=8", data=f"folder:{folder}"))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "fxprune: warning: skipped 3 unreadable image file(s)" in err
+    assert "Traceback" not in err and "UserWarning" not in err
+    assert (tmp_path / "out" / "report.json").exists()
+
+
+def test_output_that_cannot_be_written(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    argv = _compress(tmp_path, f"--out={blocker / 'out'}")
+    _assert_user_error(capsys, argv, str(blocker))
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    code = main(_compress(tmp_path))
+    assert code == 2 and "--force" in capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_untraceable_model(tmp_path, capsys):
+    path = tmp_path / "gate.py"
+    path.write_text(textwrap.dedent(UNTRACEABLE))
+    argv = _compress(tmp_path, "--input-size=3,32,32", model=f"{path}:build")
+    line = _assert_user_error(capsys, argv, "cannot trace", tmp_path)
+    assert "gate.py" in line
+
+
+def test_interrupt_leaves_nothing(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        staging = next(p for p in tmp_path.iterdir() if p.name.startswith(".out."))
+        (staging / "model.onnx").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands.compress, "export_onnx", interrupted)
+    code = main(_compress(tmp_path))
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
