@@ -7,10 +7,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from fxprune.commands import bench, compress, inspect
+from fxprune.commands import bench, compress, demo, inspect, report
 from fxprune.errors import FxpruneError, FxpruneWarning
 
-COMMANDS = [inspect, compress, bench]
+COMMANDS = [demo, inspect, compress, bench, report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,10 +64,25 @@ class CompressResult:
     teacher: fx.GraphModule
     input_size: tuple[int, int, int]
     report: dict[str, Any] = field(default_factory=dict)
+    recovered: fx.GraphModule | None = None  # folded after recovery, before a finetune
+
+    def stages(self) -> dict[str, fx.GraphModule]:
+        """The models a report compares: original, pruned, recovered (when a finetune
+        followed the recovery) and compressed, the one shipped."""
+        models = {"original": self.teacher, "pruned": self.pruned}
+        if self.recovered is not None:
+            models["recovered"] = self.recovered
+        return {**models, "compressed": self.model}
 
     def export_onnx(self, path: str | Path) -> Path:
+        """ONNX (opset 17, dynamic batch), checked with ``onnx.checker``."""
         from fxprune.export import export_onnx
         return export_onnx(self.model, self.input_size, path)
+
+    def save(self, path: str | Path) -> Path:
+        """A ``.pt2`` archive that ``fxprune.load`` runs without the original model's code."""
+        from fxprune.saving import save
+        return save(self.model, self.input_size, path)
 
 
 def _macs(gm: fx.GraphModule, input_size) -> int:
@@ -109,7 +124,10 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
         config = replace(config, fit=replace(config.fit, seed=seed))
         steps = run_recovery(teacher, student, images, config, progress=progress)
         phases["recover"] = time.perf_counter() - tick
+    recovered = None
     if finetune != "none":
+        if sites:
+            recovered = FoldAdapters()(copy.deepcopy(student)).graph_module.eval()
         tick = time.perf_counter()
         config = replace(finetuning or FinetuneConfig(), objective=finetune, seed=seed)
         run_finetune(teacher, student, images, labels, config, progress=progress)
@@ -125,7 +143,9 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
         "original": {"macs": _macs(teacher, size), "params": count_params(teacher)},
         "pruned": {"macs": _macs(pruned, size), "params": count_params(pruned)},
         "compressed": {"macs": _macs(student, size), "params": count_params(student)},
+        **({"recovered": {"macs": _macs(recovered, size), "params": count_params(recovered)}}
+           if recovered is not None else {}),
         "recovery_steps": [vars(step) for step in steps],
         "phases": phases, "seconds": time.perf_counter() - start,
     }
-    return CompressResult(student, pruned, teacher, size, report)
+    return CompressResult(student, pruned, teacher, size, report, recovered)

@@ -1,19 +1,49 @@
-"""report.md of a compress run, rendered from its report.json content."""
+"""report.md and the trade-off plot of a compress run, rendered from its report.json content;
+and the merged view of several runs (``fxprune report``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fxprune.plots import Point, tradeoff_plot
 from fxprune.summary import format_count
+
+PLOT_FILE = "tradeoff.png"
+MODELS = ("original", "pruned", "recovered", "compressed")
 
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def render_report(report: dict[str, Any]) -> str:
-    original_macs = report["original"]["macs"]
+def model_label(report: dict[str, Any], key: str) -> str:
+    """What a row is: the shipped model is 'recovered' or 'finetuned (<objective>)'."""
+    if key != "compressed":
+        return key
+    if report["finetune"] != "none":
+        return f"finetuned ({report['finetune']})"
+    return "recovered" if report["recover"] == "practise" else "compressed"
+
+
+def accuracy_of(report: dict[str, Any], key: str) -> tuple[float, str]:
+    """Top-1 where the evaluation set has labels, else agreement with the original."""
+    top1 = report[key].get("top1")
+    return (top1, "top-1 %") if top1 is not None else (report[key]["agreement"],
+                                                       "agreement with original %")
+
+
+def _latency_text(report: dict[str, Any]) -> str:
+    latency = report.get("latency")
+    if not latency:
+        return "latency"
+    return (f"{latency['runtime']} latency, batch {latency['batch']}, {latency['threads']} "
+            f"thread(s)")
+
+
+def render_report(report: dict[str, Any], plot: str | None = None) -> str:
+    original = report["original"]
     lines = [
         f"# fxprune compress: {report.get('model', 'model')}",
         "",
@@ -23,25 +53,89 @@ def render_report(report: dict[str, Any]) -> str:
         + f"; finetune `{report['finetune']}`; {report['images']} tiny-set images, "
           f"seed {report['seed']}.",
         "",
-        "| model | top-1 % | agreement with original % | MACs | MAC ratio | params |",
-        "|---|---|---|---|---|---|",
+        "| model | top-1 % | agreement with original % | latency ms | latency ratio | MACs | "
+        "MAC ratio | params |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for key in ("original", "pruned", "compressed"):
+    for key in (key for key in MODELS if key in report):
         row = report[key]
-        lines.append(f"| {key} | {_percent(row.get('top1'))} | "
-                     f"{_percent(row.get('agreement'))} | {format_count(row['macs'])} | "
-                     f"{row['macs'] / original_macs:.3f} | {format_count(row['params'])} |")
+        latency, ratio = "n/a", "n/a"
+        if "latency_ms" in row:
+            latency = f"{row['latency_ms']:.2f} ± {row['latency_iqr_ms']:.2f}"
+            ratio = f"{row['latency_ms'] / original['latency_ms']:.3f}"
+        lines.append(f"| {model_label(report, key)} | {_percent(row.get('top1'))} | "
+                     f"{_percent(row.get('agreement'))} | {latency} | {ratio} | "
+                     f"{format_count(row['macs'])} | {row['macs'] / original['macs']:.3f} | "
+                     f"{format_count(row['params'])} |")
     evaluation = report.get("evaluation")
     if evaluation:
         lines += ["", f"Evaluated on {evaluation['images']} images of `{evaluation['pool']}`."]
-    lines += ["", f"Compression took {report['seconds']:.1f} s "
-              + ", ".join(f"({phase} {seconds:.1f} s)" for phase, seconds in
-                          report["phases"].items()) + "."]
+    if report.get("latency"):
+        lines.append(f"Latency: median ± IQR, {_latency_text(report)} (`fxprune bench` "
+                     "measures longer).")
+    lines += ["", f"Compression took {report['seconds']:.1f} s ("
+              + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in
+                          report["phases"].items()) + ")."]
     if "onnx_max_abs_diff" in report:
         lines.append(f"ONNX Runtime vs PyTorch max abs difference: "
                      f"{report['onnx_max_abs_diff']:.2e}.")
+    if plot:
+        lines += ["", f"![accuracy vs latency]({plot})"]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], path: Path) -> None:
-    path.write_text(render_report(report))
+def write_report(report: dict[str, Any], folder: Path) -> None:
+    """``folder``/report.md, with ``folder``/tradeoff.png when latencies were measured."""
+    plot = None
+    labels = {key: model_label(report, key) for key in MODELS
+              if key in report and "latency_ms" in report[key]}
+    run_points = [Point(label, report[key]["latency_ms"], accuracy_of(report, key)[0], label)
+                  for key, label in labels.items()]
+    if run_points:
+        tradeoff_plot(run_points, folder / PLOT_FILE,
+                      f"{report.get('model', 'model')}: accuracy vs latency",
+                      accuracy_of(report, "original")[1], f"{_latency_text(report)} (ms)")
+        plot = PLOT_FILE
+    (folder / "report.md").write_text(render_report(report, plot))
+
+
+def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], folder: Path) -> str:
+    """One table and one trade-off plot over several compress runs (``name``, report); each
+    run contributes its shipped and its pruned model, each model spec its original once.
+    Writes ``folder``/tradeoff.png and returns the markdown (also written as report.md)."""
+    lines = ["# fxprune runs compared", "",
+             "| run | model | drop | recover | finetune | images | top-1 % | agreement % | "
+             "latency ms | latency ratio | MAC ratio | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    plot_points: list[Point] = []
+    seen_originals: set[str] = set()
+    accuracy_labels = set()
+    for name, report in reports:
+        original, shipped = report["original"], report["compressed"]
+        ratio = (f"{shipped['latency_ms'] / original['latency_ms']:.3f}"
+                 if "latency_ms" in shipped else "n/a")
+        latency = f"{shipped['latency_ms']:.2f}" if "latency_ms" in shipped else "n/a"
+        lines.append(f"| {name} | {report.get('model', '?')} | {','.join(report['drop'])} | "
+                     f"{report['recover']} | {report['finetune']} | {report['images']} | "
+                     f"{_percent(shipped.get('top1'))} | {_percent(shipped.get('agreement'))} | "
+                     f"{latency} | {ratio} | {shipped['macs'] / original['macs']:.3f} | "
+                     f"{report['seconds']:.0f} |")
+        if "latency_ms" not in shipped:
+            continue
+        model = report.get("model", "model")
+        accuracy_labels.add(accuracy_of(report, "compressed")[1])
+        plot_points += [Point(name, report[key]["latency_ms"], accuracy_of(report, key)[0],
+                              series) for key, series in (("compressed", "compressed"),
+                                                          ("pruned", "pruned, no recovery"))]
+        if model not in seen_originals:
+            seen_originals.add(model)
+            plot_points.append(Point(model, original["latency_ms"],
+                                     accuracy_of(report, "original")[0], "original"))
+    if plot_points:
+        tradeoff_plot(plot_points, folder / PLOT_FILE, "accuracy vs latency",
+                      " / ".join(sorted(accuracy_labels)),
+                      "latency (ms, as each run measured it)", connect=True)
+        lines += ["", f"![accuracy vs latency]({PLOT_FILE})"]
+    markdown = "\n".join(lines) + "\n"
+    (folder / "report.md").write_text(markdown)
+    return markdown

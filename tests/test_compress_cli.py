@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import onnx
 import pytest
+import torch
 
+import fxprune
 from fxprune.cli import main
 from fxprune.data import data_dir
 
@@ -15,18 +19,20 @@ pytestmark = [pytest.mark.realdata, pytest.mark.skipif(
     reason="needs the shared data folder (FXPRUNE_DATA)")]
 
 
+RUN = ["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}", "--shots", "5",
+       "--drop", "rule", "--seed", "0"]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("compress") / "resnet20"
-    code = main(["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}",
-                 "--shots", "5", "--drop", "rule", "--seed", "0", "--out", str(out)])
-    assert code == 0
+    assert main([*RUN, "--out", str(out)]) == 0
     return out
 
 
 def test_outputs_and_report(run_dir):
     assert sorted(path.name for path in run_dir.iterdir()) == [
-        "model.onnx", "model.pt", "report.json", "report.md"]
+        "model.onnx", "model.pt2", "report.json", "report.md", "tradeoff.png"]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["drop"] == ["1.2", "2.2", "3.2"]
     assert report["tiny_set"]["images"] == 50
@@ -39,7 +45,63 @@ def test_outputs_and_report(run_dir):
     assert report["compressed"]["macs"] < report["original"]["macs"]
     assert report["onnx_max_abs_diff"] <= 1e-4
     assert report["seconds"] > 0
-    assert "| compressed |" in (run_dir / "report.md").read_text()
+    markdown = (run_dir / "report.md").read_text()
+    assert "| recovered |" in markdown and "![accuracy vs latency](tradeoff.png)" in markdown
+    for key in ("original", "pruned", "compressed"):
+        assert report[key]["latency_ms"] > 0 and report[key]["latency_iqr_ms"] >= 0
+    assert report["latency"] == {"runtime": "onnxruntime", "batch": 1, "threads": 1}
+    assert (run_dir / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_model_loads_without_fxprune_objects(run_dir):
+    """model.pt2 computes what model.onnx computes (both are the folded network)."""
+    model = fxprune.load(run_dir)
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    from fxprune.export import cpu_session
+    session = cpu_session(run_dir / "model.onnx", 1)
+    expected = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    torch.testing.assert_close(model(images), torch.from_numpy(expected), rtol=1e-4, atol=1e-4)
+
+
+def _without_timings(report: dict) -> dict:
+    """The report minus what wall-clock time decides."""
+    timing_keys = {"seconds", "seconds_total", "phases", "latency_ms", "latency_iqr_ms"}
+    if isinstance(report, dict):
+        return {key: _without_timings(value) for key, value in report.items()
+                if key not in timing_keys}
+    if isinstance(report, list):
+        return [_without_timings(value) for value in report]
+    return report
+
+
+def test_same_seed_gives_identical_numbers_and_onnx_weights(run_dir, tmp_path):
+    again = tmp_path / "again"
+    assert main([*RUN, "--out", str(again)]) == 0
+    first = json.loads((run_dir / "report.json").read_text())
+    second = json.loads((again / "report.json").read_text())
+    assert _without_timings(first) == _without_timings(second)
+    weights = [{tensor.name: tensor.raw_data for tensor in
+                onnx.load(folder / "model.onnx").graph.initializer}
+               for folder in (run_dir, again)]
+    assert weights[0] == weights[1] and len(weights[0]) > 10  # bit-identical
+
+
+def test_report_merges_runs(run_dir, tmp_path, capsys):
+    other = tmp_path / "other-run"
+    shutil.copytree(run_dir, other)
+    report = json.loads((other / "report.json").read_text())
+    report["compressed"].update(top1=80.0, latency_ms=report["compressed"]["latency_ms"] / 2)
+    (other / "report.json").write_text(json.dumps(report))
+    out = tmp_path / "merged"
+    assert main(["report", str(run_dir), str(other), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| resnet20 |")
+            or line.startswith("| other-run |")]
+    assert len(rows) == 2 and "| 80.00 |" in rows[1]
+    assert (out / "tradeoff.png").stat().st_size > 1000
+    assert (out / "report.md").read_text().startswith("# fxprune runs compared")
+    code = main(["report", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x")])
+    assert code == 2 and "no report.json" in capsys.readouterr().err
 
 
 def test_existing_output_is_refused(run_dir, capsys):

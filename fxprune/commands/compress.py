@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,9 +20,13 @@ from fxprune.datasets import open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError
 from fxprune.evaluate import percent_equal, predictions
 from fxprune.export import export_onnx, onnx_max_abs_diff
+from fxprune.latency import Timing, bench_input, onnx_runner, time_interleaved
 from fxprune.models import load_model
 from fxprune.recovery.practise import SCHEDULES, RecoveryConfig
 from fxprune.report import write_report
+from fxprune.saving import MODEL_FILE
+
+LATENCY_BUDGET_S = 20.0  # the report's latencies are a guide; `fxprune bench` measures properly
 
 
 def register(commands) -> None:
@@ -46,6 +51,10 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval", metavar="SPEC", help="evaluation images (default: the pool's "
                         "test split where it has one, else the pool's images not drawn)")
+    parser.add_argument("--bench-batch", type=int, default=1, metavar="B",
+                        help="batch size of the report's ONNX Runtime latencies (default 1)")
+    parser.add_argument("--bench-threads", type=int, default=1, metavar="T",
+                        help="ONNX Runtime threads for the report's latencies (default 1)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--force", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(run=run)
@@ -103,8 +112,8 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
                   evaluation={"pool": evaluation.name, "images": len(evaluation),
                               "labelled": evaluation.labels is not None})
     reference = predictions(result.teacher, eval_images)
-    for key, model in (("original", result.teacher), ("pruned", result.pruned),
-                       ("compressed", result.model)):
+    stages = result.stages()
+    for key, model in stages.items():
         predicted = reference if model is result.teacher else predictions(model, eval_images)
         report[key]["top1"] = (percent_equal(predicted, evaluation.labels)
                                if evaluation.labels is not None else None)
@@ -112,11 +121,28 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     export_onnx(result.model, size, folder / "model.onnx")
     report["onnx_max_abs_diff"] = onnx_max_abs_diff(result.model, folder / "model.onnx",
                                                     eval_images[:64])
-    torch.save(result.model, folder / "model.pt")
+    timings = _latencies(stages, size, folder / "model.onnx", args.bench_batch,
+                         args.bench_threads)
+    report["latency"] = {"runtime": "onnxruntime", "batch": args.bench_batch,
+                         "threads": args.bench_threads}
+    for key, timing in zip(stages, timings):
+        report[key].update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms)
+    result.save(folder / MODEL_FILE)
     report["seconds_total"] = time.perf_counter() - start
     (folder / "report.json").write_text(json.dumps(report, indent=1))
-    write_report(report, folder / "report.md")
+    write_report(report, folder)
     return report
+
+
+def _latencies(stages: dict, size, shipped: Path, batch: int, threads: int) -> list[Timing]:
+    """ONNX Runtime latency of every stage's model, timed interleaved on one input."""
+    with tempfile.TemporaryDirectory(prefix="fxprune-latency-") as scratch:
+        paths = [shipped if key == "compressed" else
+                 export_onnx(model, size, Path(scratch) / f"{key}.onnx")
+                 for key, model in stages.items()]
+        inputs = bench_input(size, batch)
+        runners = [onnx_runner(path, inputs, threads) for path in paths]
+        return time_interleaved(runners, warmup=2, repeats=30, budget_s=LATENCY_BUDGET_S)
 
 
 def _print_summary(report: dict, out: Path) -> None:
@@ -125,7 +151,8 @@ def _print_summary(report: dict, out: Path) -> None:
         return f"{value:.2f}%" if value is not None else "n/a"
 
     ratio = report["compressed"]["macs"] / report["original"]["macs"]
+    speed = report["compressed"]["latency_ms"] / report["original"]["latency_ms"]
     print(f"top-1 original {accuracy('original')}, pruned {accuracy('pruned')}, "
           f"compressed {accuracy('compressed')} (agreement "
-          f"{report['compressed']['agreement']:.1f}%); MACs x{ratio:.3f}; "
-          f"{report['seconds']:.0f} s; outputs in {out}")
+          f"{report['compressed']['agreement']:.1f}%); MACs x{ratio:.3f}; ONNX Runtime "
+          f"latency x{speed:.3f}; {report['seconds']:.0f} s; outputs in {out}")

@@ -1,0 +1,89 @@
+"""``fxprune demo``: the main job on the embedded default. CIFAR-10 ResNet-56, the paper's
+blocks dropped, recovered label-free from 50 CIFAR-10 images, folded, exported and timed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fxprune.commands.common import atomic_output
+from fxprune.commands.compress import compress_to
+from fxprune.data import data_dir
+from fxprune.errors import FxpruneError
+from fxprune.recovery.practise import RecoveryConfig
+
+MODEL = "cifar:resnet56"
+WEIGHTS_URL = ("https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/"
+               "pretrained_models/resnet56-4bfd9763.th")
+MISSING = (
+    "the demo needs CIFAR-10 images and pretrained ResNet-56 weights, and found no data folder "
+    "({why}). Set FXPRUNE_DATA to the fxprune data folder (it holds cifar10/ and "
+    "weights/cifar10-resnet/). With internet, fetch both and pass them: python -c \"import "
+    "torchvision; torchvision.datasets.CIFAR10('cifar', download=True)\"; curl -LO "
+    f"{WEIGHTS_URL}; fxprune demo --data cifar10:cifar/cifar-10-batches-py --weights "
+    "resnet56-4bfd9763.th")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "demo", help="compress the CIFAR-10 ResNet-56 with 50 images (needs the data folder)")
+    parser.add_argument("--out", type=Path, default=Path("fxprune-demo"),
+                        help="output folder (default: fxprune-demo)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--images", type=int, default=50, help="tiny-set size (default 50)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", metavar="SPEC",
+                        help="CIFAR-10 pool (default: cifar10 from the data folder), e.g. "
+                             "cifar10:cifar/cifar-10-batches-py")
+    parser.add_argument("--weights", help="ResNet-56 weights (default: from the data folder)")
+    parser.set_defaults(run=run)
+
+
+def _inputs(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The pool spec and weights file, or an error saying what to point the demo at."""
+    root = data_dir()
+    if args.data is None:
+        if root is None:
+            raise FxpruneError(MISSING.format(why="FXPRUNE_DATA is not set and ../shared/data "
+                                                  "does not exist"))
+        if not (root / "cifar10").is_dir():
+            raise FxpruneError(MISSING.format(why=f"{root} has no cifar10/ folder"))
+    if args.weights is None and (root is None or not any(
+            (root / "weights" / "cifar10-resnet").glob("resnet56-*.th"))):
+        raise FxpruneError(MISSING.format(why="no resnet56-*.th under weights/cifar10-resnet/ "
+                                              "and no --weights"))
+    return args.data or "cifar10", args.weights
+
+
+def run(args: argparse.Namespace) -> int:
+    data, weights = _inputs(args)
+    compress_args = argparse.Namespace(
+        model=MODEL, weights=weights, input_size=None, leaf=[], data=data, images=args.images,
+        shots=None, drop="rule", recover="practise", schedule=RecoveryConfig().schedule,
+        placement=None, finetune="none", seed=args.seed, eval=None, bench_batch=64,
+        bench_threads=1)
+    print(f"fxprune demo: {MODEL}, dropping the paper's blocks, recovering from {args.images} "
+          f"unlabelled images of {data} (a minute or two on a laptop CPU)")
+    with atomic_output(args.out, args.force) as staging:
+        report = compress_to(compress_args, staging)
+    print(summary(report, args.out))
+    return 0
+
+
+def summary(report: dict, out: Path) -> str:
+    original, pruned, shipped = report["original"], report["pruned"], report["compressed"]
+    latency = report["latency"]
+    return "\n".join([
+        f"dropped blocks {', '.join(report['drop'])}; {report['adapters']} adapters trained "
+        "and folded away",
+        f"top-1 on {report['evaluation']['images']} test images: original "
+        f"{original['top1']:.2f}% -> dropped, no recovery {pruned['top1']:.2f}% -> recovered "
+        f"{shipped['top1']:.2f}%",
+        f"MACs {original['macs'] / 1e6:.2f}M -> {shipped['macs'] / 1e6:.2f}M "
+        f"(x{shipped['macs'] / original['macs']:.3f})",
+        f"ONNX Runtime latency (batch {latency['batch']}, {latency['threads']} thread): "
+        f"{original['latency_ms']:.1f} ms -> {shipped['latency_ms']:.1f} ms "
+        f"(x{shipped['latency_ms'] / original['latency_ms']:.3f})",
+        f"took {report['seconds_total']:.0f} s (recovery {report['phases'].get('recover', 0):.0f}"
+        f" s); outputs in {out}: model.onnx, model.pt2, report.md, tradeoff.png, report.json",
+    ])
