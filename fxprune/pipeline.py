@@ -85,6 +85,20 @@ class CompressResult:
         return save(self.model, self.input_size, path)
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; an error names what is wrong with it."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise FxpruneError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FxpruneError(f"device {device!r} asked for, but CUDA is not available here "
+                           "(torch.cuda.is_available() is False); use --device cpu")
+    if resolved.type not in ("cpu", "cuda"):
+        raise FxpruneError(f"device {device!r} is not supported (use cpu, cuda or cuda:N)")
+    return resolved
+
+
 def _macs(gm: fx.GraphModule, input_size) -> int:
     return total_macs(node_macs(gm, [example_input(input_size, dtype=parameter_dtype(gm))]))
 
@@ -94,16 +108,19 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
              placement: str = "cvpr", recover: str = "practise",
              recovery: RecoveryConfig | None = None, finetune: str = "none",
              finetuning: FinetuneConfig | None = None, seed: int = 0,
-             leaf_modules: Sequence[type | str] = (), progress: bool = True) -> CompressResult:
+             leaf_modules: Sequence[type | str] = (), progress: bool = True,
+             device: str | torch.device = "cpu") -> CompressResult:
     """Compress ``model`` (left untouched) using the normalised NCHW ``images``.
 
     ``recover="none"`` skips the adapters (``finetune="ce-mse"`` then is the paper's Eq. 4
-    baseline). ``seed`` seeds every shuffle and augmentation."""
+    baseline). ``seed`` seeds every shuffle and augmentation. Training runs on ``device``
+    (e.g. ``"cuda"``); the returned models are on the CPU."""
     if recover not in RECOVERIES:
         raise FxpruneError(f"unknown recovery '{recover}' (use {', '.join(RECOVERIES)})")
     if finetune not in FINETUNES:
         raise FxpruneError(f"unknown finetune '{finetune}' (use {', '.join(FINETUNES)})")
     start = time.perf_counter()
+    device = resolve_device(device)
     size = tuple(input_size)
     teacher = trace(model, size, leaf_modules).eval()
     student = trace(model, size, leaf_modules).eval()
@@ -118,10 +135,13 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     pruned = PassManager([DropBlocks(ids), FoldBatchNorm()])(copy.deepcopy(teacher)).graph_module
     phases: dict[str, float] = {}
     steps = []
+    teacher, student, images = teacher.to(device), student.to(device), images.to(device)
+    labels = labels.to(device) if labels is not None else None
     if sites:
         tick = time.perf_counter()
         config = recovery or RecoveryConfig()
-        config = replace(config, fit=replace(config.fit, seed=seed))
+        if config.fit is not None:
+            config = replace(config, fit=replace(config.fit, seed=seed))
         steps = run_recovery(teacher, student, images, config, progress=progress)
         phases["recover"] = time.perf_counter() - tick
     recovered = None
@@ -132,6 +152,8 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
         config = replace(finetuning or FinetuneConfig(), objective=finetune, seed=seed)
         run_finetune(teacher, student, images, labels, config, progress=progress)
         phases["finetune"] = time.perf_counter() - tick
+    teacher, student = teacher.cpu(), student.cpu()
+    recovered = recovered.cpu() if recovered is not None else None
     tick = time.perf_counter()
     student = FoldAdapters()(student).graph_module.eval()
     phases["fold"] = time.perf_counter() - tick
@@ -140,6 +162,8 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
         "drop": ids, "placement": placement if sites else None, "adapters": len(sites),
         "recover": recover, "finetune": finetune,
         "schedule": (recovery or RecoveryConfig()).schedule if sites else None,
+        "init": (recovery or RecoveryConfig()).init if sites else None,
+        "device": str(device),
         "original": {"macs": _macs(teacher, size), "params": count_params(teacher)},
         "pruned": {"macs": _macs(pruned, size), "params": count_params(pruned)},
         "compressed": {"macs": _macs(student, size), "params": count_params(student)},

@@ -41,10 +41,12 @@ def test_compare_gives_positive_medians_and_a_sane_self_ratio(pair):
     path, _ = pair["original"]
     inputs = bench_input(SIZE, batch=2)
     comparison = compare(onnx_runner(path, inputs), onnx_runner(path, inputs), warmup=2,
-                         repeats=7)
+                         repeats=15)
     for timing in (comparison.a, comparison.b):
-        assert timing.runs == 7 and timing.median_ms > 0 and timing.iqr_ms >= 0
-    assert 0.5 <= comparison.ratio <= 2.0  # the same model against itself
+        assert timing.runs == 15 and timing.median_ms > 0 and timing.iqr_ms >= 0
+    # the same model against itself; wide bounds: millisecond runs on a machine other
+    # processes may load (the ratio's precision is measured in tools/bench_latency.py)
+    assert 0.25 <= comparison.ratio <= 4.0
 
 
 def test_torch_runner_and_time_budget():

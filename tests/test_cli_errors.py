@@ -85,6 +85,9 @@ def weights_files(tmp_path):
     ("repeated block", ["--drop=1.2,1.2"], "repeat"),
     ("N larger than the pool", ["--images=40"], "holds only 30"),
     ("unknown pool", ["--data=imagenet64"], "imagenet64"),
+    ("no training at all", ["--steps=0"], "needs --init lstsq"),
+    ("negative steps", ["--steps=-3"], "--steps must be >= 0"),
+    ("unknown device", ["--device=gpu0"], "unknown device 'gpu0'"),
 ])
 def test_user_errors(tmp_path, capsys, case, extra, message):
     argv = (_compress(tmp_path, model=extra[1]) if extra[0] == "compress"

@@ -4,6 +4,7 @@ Rows: the paper's layer-wise objective solved by Adam (``layerwise``) or exactly
 (``lstsq``, no gradient step), and the stage-wise objective (the default) from the identity or
 from the least-squares solution (``lstsq+stagewise``). Top-1 on the 1,017 lossless test
 images after folding, seconds of recovery, per seed; the same tiny sets for every row.
+Resumable: (variant, seed) pairs already in the JSON results are skipped.
 
     .venv/bin/python tools/bench_solvers.py [--blocks 3|9] [--images 50] [--seeds 0 1 2]
                                             [--steps 300] [--threads 1]
@@ -60,11 +61,16 @@ def main(argv=None) -> None:
     teacher = trace(loaded.model, size).eval()
     chosen_variants = {name: value for name, value in variants(args.steps).items()
                        if not args.only or name in args.only}
-    rows: dict[str, list[dict]] = {name: [] for name in chosen_variants}
+    stem = results_stem(args)
+    done = json.loads(stem.with_suffix(".json").read_text())["rows"] \
+        if stem.with_suffix(".json").exists() else {}
+    rows: dict[str, list[dict]] = {name: done.get(name, []) for name in chosen_variants}
     for seed in args.seeds:
         chosen = sample(pool, per_class=args.images // 10, seed=seed)
         images = to_tensor(chosen, size, loaded.mean, loaded.std)
         for name, (placement, config) in chosen_variants.items():
+            if any(run["seed"] == seed for run in rows[name]):
+                continue
             torch.manual_seed(seed)
             student = trace(loaded.model, size).eval()
             sites = drop_sites(student, find_structure(student), ids, placement)
@@ -75,17 +81,23 @@ def main(argv=None) -> None:
             accuracy = top1(FoldAdapters()(student).graph_module, test_images, test.labels)
             rows[name].append({"seed": seed, "top1": accuracy, "seconds": seconds})
             print(f"seed {seed} {name}: {accuracy:.2f} % {seconds:.0f} s", flush=True)
-    write(args, rows)
+            write(args, stem, rows)
 
 
-def write(args, rows: dict[str, list[dict]]) -> None:
-    stem = ROOT / "tools" / "results" / f"solvers_{args.blocks}blocks_{args.images}images"
+def results_stem(args) -> Path:
+    steps = "" if args.steps == 300 else f"_{args.steps}steps"
+    return ROOT / "tools" / "results" / f"solvers_{args.blocks}blocks_{args.images}images{steps}"
+
+
+def write(args, stem: Path, rows: dict[str, list[dict]]) -> None:
     command = ("`.venv/bin/python tools/bench_solvers.py --blocks "
                f"{args.blocks} --images {args.images} --seeds {' '.join(map(str, args.seeds))} "
                f"--steps {args.steps}" + (f" --threads {args.threads}" if args.threads else "")
                + (f" --only {' '.join(repr(o) for o in args.only)}" if args.only else "") + "`")
+    rows = {name: sorted(runs, key=lambda run: run["seed"]) for name, runs in rows.items() if runs}
     lines = [f"# Adapter solvers: ResNet-56, {args.blocks} blocks dropped, {args.images} images",
-             "", command, "", f"torch threads: {torch.get_num_threads()}.", "",
+             "", command, "", f"Adam steps per fit: {args.steps}; torch threads: "
+             f"{torch.get_num_threads()} (seconds are with the other core busy).", "",
              "| variant | top-1 % (mean ± std) | per seed | recovery s |", "|---|---|---|---|"]
     for name, runs in rows.items():
         accuracies = [run["top1"] for run in runs]

@@ -10,19 +10,20 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from fxprune.commands.common import add_model_arguments, atomic_output
-from fxprune.pipeline import FINETUNES, RECOVERIES, compress
+from fxprune.pipeline import FINETUNES, RECOVERIES, compress, resolve_device
 from fxprune.datasets import open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError
 from fxprune.evaluate import percent_equal, predictions
 from fxprune.export import export_onnx, onnx_max_abs_diff
 from fxprune.latency import Timing, bench_input, onnx_runner, time_interleaved
 from fxprune.models import load_model
-from fxprune.recovery.practise import SCHEDULES, RecoveryConfig
+from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
 from fxprune.report import write_report
 from fxprune.saving import MODEL_FILE
 
@@ -51,6 +52,14 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval", metavar="SPEC", help="evaluation images (default: the pool's "
                         "test split where it has one, else the pool's images not drawn)")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help=f"at most N Adam steps per adapter fit (default "
+                             f"{RecoveryConfig().fit.max_steps}); 0 with --init lstsq: the "
+                             "closed form only")
+    parser.add_argument("--init", choices=INITS, default="identity",
+                        help="adapter start: identity, or the closed-form layer-wise optimum")
+    parser.add_argument("--device", default="cpu",
+                        help="where recovery and finetuning run: cpu (default), cuda, cuda:N")
     parser.add_argument("--bench-batch", type=int, default=1, metavar="B",
                         help="batch size of the report's ONNX Runtime latencies (default 1)")
     parser.add_argument("--bench-threads", type=int, default=1, metavar="T",
@@ -87,9 +96,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recovery_config(args: argparse.Namespace) -> RecoveryConfig:
+    default = RecoveryConfig()
+    if args.steps is None:
+        return replace(default, schedule=args.schedule, init=args.init)
+    if args.steps < 0:
+        raise FxpruneError(f"--steps must be >= 0, not {args.steps}")
+    if args.steps == 0 and args.init != "lstsq":
+        raise FxpruneError("--steps 0 trains nothing; it needs --init lstsq (the closed form)")
+    fit = replace(default.fit, max_steps=args.steps) if args.steps else None
+    return replace(default, schedule=args.schedule, init=args.init, fit=fit)
+
+
 def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     """The whole command, writing its outputs into ``folder``; returns the report."""
     start = time.perf_counter()
+    device = resolve_device(args.device)  # before any work: a typo must not cost a minute
+    recovery = _recovery_config(args)
     loaded = load_model(args.model, args.weights)
     size = args.input_size or loaded.input_size
     chosen, rest = split_pool(open_pool(args.data), n=args.images, per_class=args.shots,
@@ -103,8 +126,8 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     placement = args.placement or ("paper" if args.schedule == "layerwise" else "cvpr")
     result = compress(loaded.model, images, size, labels=chosen.labels, drop=args.drop,
                       placement=placement, recover=args.recover,
-                      recovery=RecoveryConfig(schedule=args.schedule), finetune=args.finetune,
-                      seed=args.seed, leaf_modules=args.leaf)
+                      recovery=recovery, finetune=args.finetune, seed=args.seed,
+                      leaf_modules=args.leaf, device=device)
     report = result.report
     report.update(model=args.model, weights=loaded.weights, data=args.data,
                   tiny_set={"images": len(chosen), "per_class": args.shots, "seed": args.seed,

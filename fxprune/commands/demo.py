@@ -36,6 +36,7 @@ def register(commands) -> None:
                         help="CIFAR-10 pool (default: cifar10 from the data folder), e.g. "
                              "cifar10:cifar/cifar-10-batches-py")
     parser.add_argument("--weights", help="ResNet-56 weights (default: from the data folder)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.set_defaults(run=run)
 
 
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     compress_args = argparse.Namespace(
         model=MODEL, weights=weights, input_size=None, leaf=[], data=data, images=args.images,
         shots=None, drop="rule", recover="practise", schedule=RecoveryConfig().schedule,
-        placement=None, finetune="none", seed=args.seed, eval=None, bench_batch=64,
-        bench_threads=1)
+        placement=None, finetune="none", seed=args.seed, eval=None, steps=None,
+        init="identity", device=args.device, bench_batch=64, bench_threads=1)
     print(f"fxprune demo: {MODEL}, dropping the paper's blocks, recovering from {args.images} "
           f"unlabelled images of {data} (a minute or two on a laptop CPU)")
     with atomic_output(args.out, args.force) as staging:

@@ -46,13 +46,13 @@ def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, identity: torch.Tensor,
                  ridge: float) -> torch.Tensor:
     strength = ridge * gram.diagonal().mean().clamp_min(1e-12)
-    system = gram + strength * torch.eye(len(gram), dtype=gram.dtype)
+    system = gram + strength * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
     return torch.linalg.solve(system, rhs + strength * identity)
 
 
-def _identity(channels: int, inputs: int) -> torch.Tensor:
+def _identity(channels: int, inputs: int, device: torch.device) -> torch.Tensor:
     """[I | 0]: the adapter's starting point, a bias column (if any) at zero."""
-    return torch.eye(channels, inputs, dtype=torch.float64)
+    return torch.eye(channels, inputs, dtype=torch.float64, device=device)
 
 
 @torch.no_grad()
@@ -66,8 +66,9 @@ def solve_before_conv(adapter: nn.Conv2d, conv: nn.Conv2d, features: torch.Tenso
     channels, kernel = weight.shape[1], weight.shape[2]
     inputs = channels + (adapter.bias is not None)
     mixing = torch.einsum("ock,odl->ckdl", weight, weight)
-    patch_gram = torch.zeros(inputs, kernel, inputs, kernel, dtype=torch.float64)
-    rhs = torch.zeros(channels, inputs, dtype=torch.float64)
+    exact = dict(dtype=torch.float64, device=weight.device)
+    patch_gram = torch.zeros(inputs, kernel, inputs, kernel, **exact)
+    rhs = torch.zeros(channels, inputs, **exact)
     bias = conv.bias.detach().double().view(1, -1, 1) if conv.bias is not None else 0.0
     for begin in range(0, len(features), _BATCH):
         x = features[begin:begin + _BATCH].double()
@@ -78,8 +79,8 @@ def solve_before_conv(adapter: nn.Conv2d, conv: nn.Conv2d, features: torch.Tenso
         back_projected = torch.einsum("ock,bop->bckp", weight, wanted)
         rhs += torch.einsum("bckp,bxkp->cx", back_projected, patches)
     gram = torch.einsum("ckdl,xkyl->cxdy", mixing, patch_gram).reshape(channels * inputs, -1)
-    solution = _ridge_solve(gram, rhs.reshape(-1), _identity(channels, inputs).reshape(-1),
-                            ridge).view(channels, inputs)
+    identity = _identity(channels, inputs, weight.device).reshape(-1)
+    solution = _ridge_solve(gram, rhs.reshape(-1), identity, ridge).view(channels, inputs)
     _assign(adapter, solution)
 
 
@@ -90,15 +91,16 @@ def solve_after_conv(adapter: nn.Conv2d, features: torch.Tensor, target: torch.T
     feature at the same place) over ``features`` (the adapter's inputs)."""
     channels = features.shape[1]
     inputs = channels + (adapter.bias is not None)
-    gram = torch.zeros(inputs, inputs, dtype=torch.float64)
-    rhs = torch.zeros(inputs, channels, dtype=torch.float64)
+    exact = dict(dtype=torch.float64, device=features.device)
+    gram = torch.zeros(inputs, inputs, **exact)
+    rhs = torch.zeros(inputs, channels, **exact)
     for begin in range(0, len(features), _BATCH):
         x = features[begin:begin + _BATCH].double()
         x = _with_bias_channel(x) if adapter.bias is not None else x
         x = x.transpose(0, 1).flatten(1)  # C' x (B·H·W)
         gram += x @ x.T
         rhs += x @ target[begin:begin + _BATCH].double().transpose(0, 1).flatten(1).T
-    solution = _ridge_solve(gram, rhs, _identity(channels, inputs).T, ridge).T
+    solution = _ridge_solve(gram, rhs, _identity(channels, inputs, features.device).T, ridge).T
     _assign(adapter, solution)
 
 
