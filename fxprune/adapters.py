@@ -1,7 +1,8 @@
 """The 1x1 adapter convolution and the float64 algebra that folds it into a neighbouring conv.
 
 An adapter ``A`` is a 1x1 conv with weight ``M`` (C x C) and optional bias ``a``, initialised to
-the identity. Folding, for a conv ``W`` (O x I x kh x kw, bias ``b``):
+the identity; around a pruned feature map it is rectangular (C -> N selecting the kept filters,
+N -> C putting them back). Folding, for a conv ``W`` (O x I x kh x kw, bias ``b``):
 
 * after the conv (``A(W*x + b)``):  ``W'[o] = sum_c M[o, c] W[c]``, ``b' = M b + a``.
 * before the conv (``W*(A x)``):   ``W'[:, i] = sum_c W[:, c] M[c, i]``; a bias ``a`` folds to
@@ -22,6 +23,8 @@ from torch import nn
 
 
 ADAPTER_META = "fxprune.adapter_site"  # node.meta of an adapter node: its AdapterSite
+# node.meta of the nodes a filter pruning inserted or changed (adapters, BN): the producer's name
+PRUNE_GROUP_META = "fxprune.prune_group"
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,15 @@ class AdapterSite:
 
 
 class Adapter(nn.Conv2d):
-    """An identity-initialised 1x1 conv that a recovery step trains and a fold removes."""
+    """A 1x1 conv that a recovery step trains and a fold removes. It starts as ``[I | 0]``
+    (out x in): the identity when square, a selection of the first channels otherwise (a
+    pruning pass then sets the selection it wants)."""
 
-    def __init__(self, channels: int, bias: bool):
-        super().__init__(channels, channels, kernel_size=1, bias=bias)
+    def __init__(self, channels: int, bias: bool, out_channels: int | None = None):
+        out_channels = channels if out_channels is None else out_channels
+        super().__init__(channels, out_channels, kernel_size=1, bias=bias)
         with torch.no_grad():
-            self.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+            self.weight.copy_(torch.eye(out_channels, channels).view(out_channels, channels, 1, 1))
             if self.bias is not None:
                 self.bias.zero_()
 
@@ -56,8 +62,7 @@ def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None,
                in_channels: int | None = None) -> nn.Conv2d:
     """A new conv with ``conv``'s geometry and the given parameters; an adapter stays an
     adapter (so a BN folded into an unfoldable adapter does not hide it)."""
-    conv_type = Adapter if isinstance(conv, Adapter) and weight.shape[0] == weight.shape[1] else (
-        nn.Conv2d)
+    conv_type = Adapter if isinstance(conv, Adapter) else nn.Conv2d
     new = nn.Conv2d(in_channels or conv.in_channels, weight.shape[0], conv.kernel_size,
                     stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
                     groups=conv.groups, bias=bias is not None, padding_mode=conv.padding_mode,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxprune.adapters import Adapter
+from fxprune.adapters import PRUNE_GROUP_META, Adapter
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.ELU,
                       nn.Mish, nn.Hardtanh, nn.PReLU)
@@ -56,6 +56,14 @@ def adapter_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     """The nodes that call an ``Adapter``, in graph order."""
     modules = named_modules(gm)
     return [node for node in gm.graph.nodes if isinstance(module_of(node, modules), Adapter)]
+
+
+def recovery_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes recovery trains, in graph order: adapters, and the BN layers of pruned
+    feature maps (``PruneFilters`` marks them)."""
+    modules = named_modules(gm)
+    return [node for node in gm.graph.nodes
+            if isinstance(module_of(node, modules), Adapter) or PRUNE_GROUP_META in node.meta]
 
 
 def parameter_dtype(module: nn.Module) -> torch.dtype:

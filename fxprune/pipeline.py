@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from fxprune.analysis.channels import prunable_maps
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import Structure, find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.graph import parameter_dtype
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters
+from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters, PruneFilters
+from fxprune.passes.prune_filters import keep_counts
 from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune
 from fxprune.recovery.practise import RecoveryConfig, recover as run_recovery
 from fxprune.tracing import example_input, trace
@@ -39,9 +41,12 @@ def paper_rule(structure: Structure) -> list[str]:
             if len(stage.blocks) > 1 and stage.blocks[1].droppable]
 
 
-def resolve_drop(structure: Structure, drop: str | Sequence[str]) -> list[str]:
+def resolve_drop(structure: Structure, drop: str | Sequence[str] | None,
+                 required: bool = True) -> list[str]:
     """Block ids from ``"rule"``, ``"1.2,2.2"`` or a list; every id must exist and be
-    droppable."""
+    droppable. ``None`` (or an empty list) is allowed when not ``required``."""
+    if not required and not drop:
+        return []
     if isinstance(drop, str):
         ids = paper_rule(structure) if drop == "rule" else [
             part.strip() for part in drop.split(",") if part.strip()]
@@ -103,8 +108,23 @@ def _macs(gm: fx.GraphModule, input_size) -> int:
     return total_macs(node_macs(gm, [example_input(input_size, dtype=parameter_dtype(gm))]))
 
 
+def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int] | None
+                    ) -> dict[str, int]:
+    """Filters kept per producer conv: a ratio pruned from every prunable map, or explicit."""
+    if prune_filters is None:
+        return {}
+    if isinstance(prune_filters, Mapping):
+        return dict(prune_filters)
+    maps = prunable_maps(gm)
+    if not maps:
+        raise FxpruneError("no prunable feature map (conv -> [BN] -> activation -> conv) in "
+                           "this network")
+    return keep_counts(maps, float(prune_filters))
+
+
 def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], *,
-             labels: torch.Tensor | None = None, drop: str | Sequence[str] = "rule",
+             labels: torch.Tensor | None = None, drop: str | Sequence[str] | None = "rule",
+             prune_filters: float | Mapping[str, int] | None = None,
              placement: str = "cvpr", recover: str = "practise",
              recovery: RecoveryConfig | None = None, finetune: str = "none",
              finetuning: FinetuneConfig | None = None, seed: int = 0,
@@ -112,6 +132,9 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
              device: str | torch.device = "cpu") -> CompressResult:
     """Compress ``model`` (left untouched) using the normalised NCHW ``images``.
 
+    ``drop`` names blocks (``"rule"``, ``"1.2,2.2"``, a list, or None); ``prune_filters``
+    prunes a fraction of every prunable feature map's filters (L1 norm), or keeps the given
+    count per producer conv name; at least one of them must compress something.
     ``recover="none"`` skips the adapters (``finetune="ce-mse"`` then is the paper's Eq. 4
     baseline). ``seed`` seeds every shuffle and augmentation. Training runs on ``device``
     (e.g. ``"cuda"``); the returned models are on the CPU."""
@@ -125,19 +148,24 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     teacher = trace(model, size, leaf_modules).eval()
     student = trace(model, size, leaf_modules).eval()
     structure = find_structure(student)
-    ids = resolve_drop(structure, drop)
+    ids = resolve_drop(structure, drop, required=prune_filters is None)
     sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
-    if recover == "practise" and not sites:
+    if recover == "practise" and not sites and prune_filters is None:
         warnings.warn(f"no adapter can be placed (and folded) around blocks {ids}: the network "
                       "is only pruned, not recovered", FxpruneWarning, stacklevel=2)
         recover = "none"
     student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
-    pruned = PassManager([DropBlocks(ids), FoldBatchNorm()])(copy.deepcopy(teacher)).graph_module
+    keep = resolve_pruning(student, prune_filters)
+    student = PruneFilters(keep)(student).graph_module
+    if recover == "none" and keep:  # the plain L1-pruned network, BN kept for finetuning
+        student = FoldAdapters(batchnorm=False)(student).graph_module
+    pruned = PassManager([DropBlocks(ids), PruneFilters(keep), FoldAdapters()])(
+        copy.deepcopy(teacher)).graph_module
     phases: dict[str, float] = {}
     steps = []
     teacher, student, images = teacher.to(device), student.to(device), images.to(device)
     labels = labels.to(device) if labels is not None else None
-    if sites:
+    if recover == "practise":
         tick = time.perf_counter()
         config = recovery or RecoveryConfig()
         if config.fit is not None:
@@ -146,7 +174,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
         phases["recover"] = time.perf_counter() - tick
     recovered = None
     if finetune != "none":
-        if sites:
+        if recover == "practise":
             recovered = FoldAdapters()(copy.deepcopy(student)).graph_module.eval()
         tick = time.perf_counter()
         config = replace(finetuning or FinetuneConfig(), objective=finetune, seed=seed)
@@ -159,10 +187,13 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     phases["fold"] = time.perf_counter() - tick
     report = {
         "input_size": list(size), "images": len(images), "seed": seed,
-        "drop": ids, "placement": placement if sites else None, "adapters": len(sites),
+        "drop": ids, "placement": placement if sites else None,
+        "adapters": len(sites) + 2 * len(keep) if recover == "practise" else 0,
+        "prune_filters": {"ratio": prune_filters if not isinstance(prune_filters, Mapping)
+                          else None, "kept": keep} if keep else None,
         "recover": recover, "finetune": finetune,
-        "schedule": (recovery or RecoveryConfig()).schedule if sites else None,
-        "init": (recovery or RecoveryConfig()).init if sites else None,
+        "schedule": (recovery or RecoveryConfig()).schedule if recover == "practise" else None,
+        "init": (recovery or RecoveryConfig()).init if recover == "practise" else None,
         "device": str(device),
         "original": {"macs": _macs(teacher, size), "params": count_params(teacher)},
         "pruned": {"macs": _macs(pruned, size), "params": count_params(pruned)},

@@ -42,12 +42,23 @@ def _latency_text(report: dict[str, Any]) -> str:
             f"thread(s)")
 
 
+def _scheme(report: dict[str, Any]) -> str:
+    """What was compressed: dropped blocks and/or pruned filters."""
+    parts = [f"Dropped blocks {', '.join(report['drop'])}"] if report["drop"] else []
+    pruning = report.get("prune_filters")
+    if pruning:
+        kept = pruning["kept"]
+        ratio = f"{pruning['ratio']:.0%} of the" if pruning["ratio"] is not None else "the"
+        parts.append(f"pruned {ratio} filters of {len(kept)} feature maps (L1 norm)")
+    return "; ".join(parts)
+
+
 def render_report(report: dict[str, Any], plot: str | None = None) -> str:
     original = report["original"]
     lines = [
         f"# fxprune compress: {report.get('model', 'model')}",
         "",
-        f"Dropped blocks {', '.join(report['drop'])}; recovery `{report['recover']}`"
+        _scheme(report) + f"; recovery `{report['recover']}`"
         + (f" ({report['schedule']}, {report['adapters']} adapters at `{report['placement']}` "
            "sites)" if report["adapters"] else "")
         + f"; finetune `{report['finetune']}`; {report['images']} tiny-set images, "
@@ -104,7 +115,7 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], folder: Path) -
     run contributes its shipped and its pruned model, each model spec its original once.
     Writes ``folder``/tradeoff.png and returns the markdown (also written as report.md)."""
     lines = ["# fxprune runs compared", "",
-             "| run | model | drop | recover | finetune | images | top-1 % | agreement % | "
+             "| run | model | scheme | recover | finetune | images | top-1 % | agreement % | "
              "latency ms | latency ratio | MAC ratio | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     plot_points: list[Point] = []
@@ -115,7 +126,7 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], folder: Path) -
         ratio = (f"{shipped['latency_ms'] / original['latency_ms']:.3f}"
                  if "latency_ms" in shipped else "n/a")
         latency = f"{shipped['latency_ms']:.2f}" if "latency_ms" in shipped else "n/a"
-        lines.append(f"| {name} | {report.get('model', '?')} | {','.join(report['drop'])} | "
+        lines.append(f"| {name} | {report.get('model', '?')} | {_scheme(report)} | "
                      f"{report['recover']} | {report['finetune']} | {report['images']} | "
                      f"{_percent(shipped.get('top1'))} | {_percent(shipped.get('agreement'))} | "
                      f"{latency} | {ratio} | {shipped['macs'] / original['macs']:.3f} | "

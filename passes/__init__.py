@@ -5,5 +5,7 @@ from fxprune.passes.fold_adapters import FoldAdapters
 from fxprune.passes.fold_batchnorm import FoldBatchNorm
 from fxprune.adapters import AdapterSite
 from fxprune.passes.insert_adapters import InsertAdapters
+from fxprune.passes.prune_filters import PruneFilters
 
-__all__ = ["AdapterSite", "DropBlocks", "FoldAdapters", "FoldBatchNorm", "InsertAdapters"]
+__all__ = ["AdapterSite", "DropBlocks", "FoldAdapters", "FoldBatchNorm", "InsertAdapters",
+           "PruneFilters"]

@@ -13,7 +13,8 @@ Does not fire for an adapter whose producer has other users and whose consumers 
 (a shared feature map), next to a grouped conv, a conv whose module is shared, or a subclass
 of ``nn.Conv2d`` (its own ``forward`` would be lost).
 With ``strict=True`` (default) any adapter left raises ``PreconditionError`` naming it;
-``strict=False`` leaves such adapters in place.
+``strict=False`` leaves such adapters in place. ``batchnorm=False`` folds adapters only and
+leaves every BN layer (an adapter between a conv and its BN still folds into the conv).
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ from fxprune.passes.fold_batchnorm import FoldBatchNorm
 
 
 class FoldAdapters(PassBase):
-    def __init__(self, strict: bool = True):
+    def __init__(self, strict: bool = True, batchnorm: bool = True):
         super().__init__()
         self.strict = strict
+        self.batchnorm = batchnorm
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
         while True:
             folded = self._fold_one_round(gm)
-            folded |= FoldBatchNorm()(gm).modified
+            if self.batchnorm:
+                folded |= FoldBatchNorm()(gm).modified
             if not folded:
                 break
             modified = True

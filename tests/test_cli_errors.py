@@ -88,11 +88,17 @@ def weights_files(tmp_path):
     ("no training at all", ["--steps=0"], "needs --init lstsq"),
     ("negative steps", ["--steps=-3"], "--steps must be >= 0"),
     ("unknown device", ["--device=gpu0"], "unknown device 'gpu0'"),
+    ("pruning everything", ["--prune-filters=1.0"], "in [0, 1)"),
 ])
 def test_user_errors(tmp_path, capsys, case, extra, message):
     argv = (_compress(tmp_path, model=extra[1]) if extra[0] == "compress"
             else _compress(tmp_path, *extra))
     _assert_user_error(capsys, argv, message, tmp_path)
+
+
+def test_nothing_to_compress(tmp_path, capsys):
+    argv = [arg for arg in _compress(tmp_path) if arg not in ("--drop", "1.2")]
+    _assert_user_error(capsys, argv, "nothing to compress", tmp_path)
 
 
 def test_garbled_and_misfitting_weights(tmp_path, capsys, weights_files):

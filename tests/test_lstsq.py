@@ -79,15 +79,31 @@ def test_before_conv_is_the_least_squares_optimum():
             assert F.mse_loss(conv(adapter(features)), target) > loss
 
 
-def test_ridge_pulls_towards_the_identity():
-    """With no data information at all (zero features), the ridge leaves the identity."""
+def test_ridge_keeps_the_current_value_where_data_say_nothing():
+    """With zero features the data carry no information: the adapter stays where it was."""
     conv = nn.Conv2d(3, 4, 3, padding=1).double()
     adapter = Adapter(3, bias=False).double()
     with torch.no_grad():
         adapter.weight.normal_()
+    start = adapter.weight.detach().clone()
     features = torch.zeros(2, 3, 6, 6, dtype=torch.float64)
     solve_before_conv(adapter, conv, features, conv(features).detach())
-    torch.testing.assert_close(adapter.weight.flatten(1), torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(adapter.weight, start)
+
+
+def test_rectangular_adapter_before_conv():
+    """An N -> C adapter (a pruned map growing back to the consumer's channels)."""
+    torch.manual_seed(6)
+    conv = nn.Conv2d(6, 5, 3, padding=1).double()
+    truth = Adapter(4, bias=False, out_channels=6).double()
+    with torch.no_grad():
+        truth.weight.normal_()
+    features = torch.randn(5, 4, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        target = conv(truth(features))
+    solved = Adapter(4, bias=False, out_channels=6).double()
+    solve_before_conv(solved, conv, features, target, ridge=0.0)
+    torch.testing.assert_close(solved.weight, truth.weight, rtol=0, atol=1e-8)
 
 
 def test_grouped_conv_is_refused():

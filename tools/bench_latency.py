@@ -1,7 +1,9 @@
 """Reproduce the paper's CPU latency schemes as ratios, with ONNX Runtime on this machine.
 
-Every model is what would ship: traced, blocks dropped (``DropBlocks``), BN folded
-(``FoldBatchNorm``), exported to ONNX; the original is BN-folded too. Within a family all
+Every model is what would ship: traced, blocks dropped (``DropBlocks``) or filters pruned
+(``PruneFilters`` + ``FoldAdapters``: the "-50%" rows prune half the filters of every prunable
+feature map, L1 norm), BN folded (``FoldBatchNorm``), exported to ONNX; the original is
+BN-folded too. Within a family all
 variants are timed interleaved on the same seeded input and each is reported as its median
 latency over the original's, beside its MAC ratio and the paper's ratios (Tables 1, 10 and 13:
 one thread, batch 64, Xeon Gold 5220R). Absolute times are not comparable across machines;
@@ -42,12 +44,16 @@ from fxprune.export import export_onnx, onnx_max_abs_diff, onnx_op_counts  # noq
 from fxprune.latency import bench_input, onnx_runner, time_interleaved  # noqa: E402
 from fxprune.macs import node_macs, total_macs  # noqa: E402
 from fxprune.pass_manager import PassManager  # noqa: E402
-from fxprune.passes import DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters  # noqa: E402
+from fxprune.analysis.channels import prunable_maps  # noqa: E402
+from fxprune.passes import (DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters,  # noqa: E402
+                            PruneFilters)
+from fxprune.passes.prune_filters import keep_counts  # noqa: E402
 from fxprune.tracing import example_input  # noqa: E402
 from tests.helpers import randomize_adapters  # noqa: E402
 
 IMAGENET = (3, 224, 224)
 RESNET_SCHEMES = {"A": ["1.2"], "B": ["1.2", "2.2"], "C": ["1.2", "2.2", "3.2"]}
+HALF_FILTERS = 0.5  # a scheme given as a float prunes that fraction of filters
 RESNET56_C = ["1.2", "2.2", "3.2"]
 
 
@@ -68,9 +74,10 @@ class Family:
 
 
 FAMILIES = [
-    Family("resnet34", "ResNet-34", torchvision.models.resnet34, IMAGENET, 64, RESNET_SCHEMES,
+    Family("resnet34", "ResNet-34", torchvision.models.resnet34, IMAGENET, 64,
+           {**RESNET_SCHEMES, "50%": HALF_FILTERS},
            {"": 6.60, "A": 6.03, "B": 5.72, "C": 5.15},
-           {"": 3.66, "A": 3.43, "B": 3.20, "C": 2.97}),
+           {"": 3.66, "A": 3.43, "B": 3.20, "C": 2.97, "50%": 0.77 * 3.66}),
     Family("resnet50", "ResNet-50", torchvision.models.resnet50, IMAGENET, 64, RESNET_SCHEMES,
            {"": 12.13, "A": 11.21, "B": 10.65, "C": 10.20},
            {"": 4.09, "A": 3.87, "B": 3.65, "C": 3.43}),
@@ -83,7 +90,8 @@ FAMILIES = [
            {"": 30.91, "A": 24.66, "B": 21.32, "C": 18.41},
            {"": 15.47, "A": 13.62, "B": 11.77, "C": 9.92}),
     Family("resnet56", "CIFAR ResNet-56", lambda: load_model("cifar:resnet56").model, (3, 32, 32),
-           64, {"C": RESNET56_C, "9 blocks": [f"{s}.{b}" for s in (1, 2, 3) for b in (2, 3, 4)]}),
+           64, {"C": RESNET56_C, "9 blocks": [f"{s}.{b}" for s in (1, 2, 3) for b in (2, 3, 4)],
+                "50%": HALF_FILTERS}),
 ]
 # Its variants are built by ``adapter_variants``: the plain dropped network is the reference.
 ADAPTERS = Family("adapters", "CIFAR ResNet-56-C, recovered vs plain",
@@ -93,7 +101,7 @@ ADAPTERS = Family("adapters", "CIFAR ResNet-56-C, recovered vs plain",
 @dataclass(frozen=True)
 class Variant:
     label: str  # "" for the reference every ratio divides by
-    dropped: list[str]
+    dropped: list[str] | float  # block ids, or the fraction of filters pruned
     onnx: Path
     macs: int
 
@@ -111,8 +119,14 @@ def _macs(gm: fx.GraphModule, size) -> int:
     return total_macs(node_macs(gm, [example_input(size)]))
 
 
-def _shipped(model: nn.Module, size, dropped: list[str], label: str, folder: Path) -> Variant:
-    gm = PassManager([DropBlocks(dropped), FoldBatchNorm()])(trace(model, size)).graph_module
+def _shipped(model: nn.Module, size, dropped: list[str] | float, label: str, folder: Path
+             ) -> Variant:
+    gm = trace(model, size)
+    if isinstance(dropped, float):
+        gm = PassManager([PruneFilters(keep_counts(prunable_maps(gm), dropped)),
+                          FoldAdapters()])(gm).graph_module
+    else:
+        gm = PassManager([DropBlocks(dropped), FoldBatchNorm()])(gm).graph_module
     path = export_onnx(gm, size, folder / f"{label or 'original'}.onnx".replace(" ", "_"))
     return Variant(label, dropped, path, _macs(gm, size))
 

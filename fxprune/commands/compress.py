@@ -40,8 +40,11 @@ def register(commands) -> None:
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--images", type=int, metavar="N", help="number of tiny-set images")
     size.add_argument("--shots", type=int, metavar="K", help="images per class (labelled pools)")
-    parser.add_argument("--drop", required=True, metavar="IDS|rule",
+    parser.add_argument("--drop", metavar="IDS|rule",
                         help="block ids such as 1.2,2.2, or 'rule' (2nd block of every stage)")
+    parser.add_argument("--prune-filters", type=float, metavar="RATIO",
+                        help="prune this fraction of the filters of every prunable feature map "
+                             "(L1 norm), e.g. 0.5")
     parser.add_argument("--recover", choices=RECOVERIES, default="practise")
     parser.add_argument("--schedule", choices=SCHEDULES, default=RecoveryConfig().schedule,
                         help="how adapters are trained (see README)")
@@ -56,8 +59,10 @@ def register(commands) -> None:
                         help=f"at most N Adam steps per adapter fit (default "
                              f"{RecoveryConfig().fit.max_steps}); 0 with --init lstsq: the "
                              "closed form only")
-    parser.add_argument("--init", choices=INITS, default="identity",
-                        help="adapter start: identity, or the closed-form layer-wise optimum")
+    parser.add_argument("--init", choices=INITS,
+                        help="adapter start: identity, or the closed-form layer-wise optimum "
+                             "(default: identity; lstsq with no gradient step for --schedule "
+                             "layerwise, where it is as accurate and 3x faster)")
     parser.add_argument("--device", default="cpu",
                         help="where recovery and finetuning run: cpu (default), cuda, cuda:N")
     parser.add_argument("--bench-batch", type=int, default=1, metavar="B",
@@ -98,20 +103,26 @@ def run(args: argparse.Namespace) -> int:
 
 def _recovery_config(args: argparse.Namespace) -> RecoveryConfig:
     default = RecoveryConfig()
+    if args.schedule == "layerwise" and args.init is None and args.steps is None:
+        return replace(default, schedule="layerwise", init="lstsq", fit=None)
+    init = args.init or "identity"
     if args.steps is None:
-        return replace(default, schedule=args.schedule, init=args.init)
+        return replace(default, schedule=args.schedule, init=init)
     if args.steps < 0:
         raise FxpruneError(f"--steps must be >= 0, not {args.steps}")
-    if args.steps == 0 and args.init != "lstsq":
+    if args.steps == 0 and init != "lstsq":
         raise FxpruneError("--steps 0 trains nothing; it needs --init lstsq (the closed form)")
     fit = replace(default.fit, max_steps=args.steps) if args.steps else None
-    return replace(default, schedule=args.schedule, init=args.init, fit=fit)
+    return replace(default, schedule=args.schedule, init=init, fit=fit)
 
 
 def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     """The whole command, writing its outputs into ``folder``; returns the report."""
     start = time.perf_counter()
     device = resolve_device(args.device)  # before any work: a typo must not cost a minute
+    if args.drop is None and args.prune_filters is None:
+        raise FxpruneError("nothing to compress: give --drop IDS|rule and/or --prune-filters "
+                           "RATIO")
     recovery = _recovery_config(args)
     loaded = load_model(args.model, args.weights)
     size = args.input_size or loaded.input_size
@@ -125,6 +136,7 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     _check_labels(loaded.model, eval_images[:1], chosen, evaluation)
     placement = args.placement or ("paper" if args.schedule == "layerwise" else "cvpr")
     result = compress(loaded.model, images, size, labels=chosen.labels, drop=args.drop,
+                      prune_filters=args.prune_filters,
                       placement=placement, recover=args.recover,
                       recovery=recovery, finetune=args.finetune, seed=args.seed,
                       leaf_modules=args.leaf, device=device)

@@ -18,8 +18,10 @@ constant input channel that is zero where the conv pads, exactly as ``a`` is (ze
 after the adapter). An adapter *after* a conv (``y = A x + a``, compared with the teacher's
 conv output) is the case ``W = I``, ``k = 1``; its Gram is block diagonal and solved as such.
 
-A ridge ``lambda ||A - I||^2`` (``lambda`` relative to the Gram's mean diagonal) keeps the
-solve well posed on very small sets and pulls unused directions back to the identity.
+A ridge ``lambda ||A - A0||^2`` towards the adapter's current value ``A0`` (the identity, or
+the selection of a pruned map; ``lambda`` relative to the Gram's mean diagonal) keeps the solve
+well posed on very small sets and leaves unused directions where they were. Adapters may be
+rectangular (C' inputs, C outputs).
 """
 
 from __future__ import annotations
@@ -43,16 +45,19 @@ def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return unfolded.view(x.shape[0], x.shape[1], kernel, -1)
 
 
-def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, identity: torch.Tensor,
+def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor,
                  ridge: float) -> torch.Tensor:
     strength = ridge * gram.diagonal().mean().clamp_min(1e-12)
     system = gram + strength * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-    return torch.linalg.solve(system, rhs + strength * identity)
+    return torch.linalg.solve(system, rhs + strength * prior)
 
 
-def _identity(channels: int, inputs: int, device: torch.device) -> torch.Tensor:
-    """[I | 0]: the adapter's starting point, a bias column (if any) at zero."""
-    return torch.eye(channels, inputs, dtype=torch.float64, device=device)
+def _current(adapter: nn.Conv2d) -> torch.Tensor:
+    """The adapter as an out x (in [+ 1]) matrix, the bias (if any) as the last column."""
+    matrix = adapter.weight.detach().double()[:, :, 0, 0]
+    if adapter.bias is None:
+        return matrix
+    return torch.cat([matrix, adapter.bias.detach().double()[:, None]], dim=1)
 
 
 @torch.no_grad()
@@ -64,7 +69,7 @@ def solve_before_conv(adapter: nn.Conv2d, conv: nn.Conv2d, features: torch.Tenso
         raise ValueError("closed-form adapters need an ungrouped, zero-padded conv")
     weight = conv.weight.detach().double().flatten(2)  # O x C x K
     channels, kernel = weight.shape[1], weight.shape[2]
-    inputs = channels + (adapter.bias is not None)
+    inputs = adapter.in_channels + (adapter.bias is not None)
     mixing = torch.einsum("ock,odl->ckdl", weight, weight)
     exact = dict(dtype=torch.float64, device=weight.device)
     patch_gram = torch.zeros(inputs, kernel, inputs, kernel, **exact)
@@ -79,8 +84,8 @@ def solve_before_conv(adapter: nn.Conv2d, conv: nn.Conv2d, features: torch.Tenso
         back_projected = torch.einsum("ock,bop->bckp", weight, wanted)
         rhs += torch.einsum("bckp,bxkp->cx", back_projected, patches)
     gram = torch.einsum("ckdl,xkyl->cxdy", mixing, patch_gram).reshape(channels * inputs, -1)
-    identity = _identity(channels, inputs, weight.device).reshape(-1)
-    solution = _ridge_solve(gram, rhs.reshape(-1), identity, ridge).view(channels, inputs)
+    solution = _ridge_solve(gram, rhs.reshape(-1), _current(adapter).reshape(-1),
+                            ridge).view(channels, inputs)
     _assign(adapter, solution)
 
 
@@ -89,8 +94,8 @@ def solve_after_conv(adapter: nn.Conv2d, features: torch.Tensor, target: torch.T
                      ridge: float = 1e-4) -> None:
     """Set ``adapter`` to the least-squares fit of ``adapter(x)`` to ``target`` (the teacher's
     feature at the same place) over ``features`` (the adapter's inputs)."""
-    channels = features.shape[1]
-    inputs = channels + (adapter.bias is not None)
+    channels = adapter.out_channels
+    inputs = adapter.in_channels + (adapter.bias is not None)
     exact = dict(dtype=torch.float64, device=features.device)
     gram = torch.zeros(inputs, inputs, **exact)
     rhs = torch.zeros(inputs, channels, **exact)
@@ -100,12 +105,12 @@ def solve_after_conv(adapter: nn.Conv2d, features: torch.Tensor, target: torch.T
         x = x.transpose(0, 1).flatten(1)  # C' x (B·H·W)
         gram += x @ x.T
         rhs += x @ target[begin:begin + _BATCH].double().transpose(0, 1).flatten(1).T
-    solution = _ridge_solve(gram, rhs, _identity(channels, inputs, features.device).T, ridge).T
+    solution = _ridge_solve(gram, rhs, _current(adapter).T, ridge).T
     _assign(adapter, solution)
 
 
 def _assign(adapter: nn.Conv2d, solution: torch.Tensor) -> None:
-    channels = adapter.out_channels
-    adapter.weight.copy_(solution[:, :channels].reshape(adapter.weight.shape))
+    inputs = adapter.in_channels
+    adapter.weight.copy_(solution[:, :inputs].reshape(adapter.weight.shape))
     if adapter.bias is not None:
-        adapter.bias.copy_(solution[:, channels])
+        adapter.bias.copy_(solution[:, inputs])

@@ -15,7 +15,12 @@ Three schedules, all label-free:
 * ``"layerwise"`` (paper v1, Sec. 3.4): adapters one at a time in topological order; an
   adapter before conv ``c`` is trained so that ``c``'s output matches the teacher's ``c``
   output, starting from the student's features with all earlier adapters already trained. It
-  supports input-side adapters (the paper's placement) only.
+  supports input-side adapters (the paper's placement) only. A pruned feature map (Fig. 2,
+  ``PruneFilters``) is one step: its two adapters and its BN train together so that the
+  consumer conv's output matches the teacher's.
+
+Every schedule trains the BN layers of pruned feature maps with the adapters (their affine
+parameters; their statistics only with ``bn="train"``).
 
 ``init="lstsq"`` first sets every adapter, one at a time in topological order, to the exact
 least-squares optimum of its own layer-wise objective (``fxprune.recovery.lstsq``): an adapter
@@ -41,10 +46,10 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from fxprune.adapters import ADAPTER_META
+from fxprune.adapters import ADAPTER_META, PRUNE_GROUP_META
 from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.errors import PreconditionError
-from fxprune.graph import adapter_nodes, conv_of, named_modules
+from fxprune.graph import adapter_nodes, conv_of, named_modules, recovery_nodes
 from fxprune.recovery.fit import FitConfig, fit, set_batchnorm_training
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.segments import run_batched, segment
@@ -139,11 +144,15 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
 
 def _solve_layerwise(teacher, student, images, config, progress) -> list[StepReport]:
     """Every adapter at its closed-form layer-wise optimum, in topological order (each one
-    sees the student's features with the earlier adapters already solved)."""
+    sees the student's features with the earlier adapters already solved). The shrinking
+    adapter of a pruned map keeps its L1 selection (its output has no teacher counterpart);
+    the growing one is solved so that the consumer's output matches the teacher's."""
     modules = named_modules(student)
     nodes = {node.name: node for node in student.graph.nodes}
     reports: list[StepReport] = []
-    for adapter in tqdm(adapter_nodes(student), desc="solve adapters", leave=False,
+    solvable = [node for node in adapter_nodes(student) if not (
+        PRUNE_GROUP_META in node.meta and node.meta[ADAPTER_META].side == "output")]
+    for adapter in tqdm(solvable, desc="solve adapters", leave=False,
                         disable=not progress or None):
         start = time.perf_counter()
         site = adapter.meta[ADAPTER_META]
@@ -176,7 +185,7 @@ def _stage_targets(teacher, student, images, config):
 
 def _joint(teacher, student, images, config, progress) -> list[StepReport]:
     outputs, targets = _stage_targets(teacher, student, images, config)
-    adapters = adapter_nodes(student)
+    adapters = recovery_nodes(student)
     if not adapters:
         return []
     start = time.perf_counter()
@@ -193,11 +202,11 @@ def _joint(teacher, student, images, config, progress) -> list[StepReport]:
 
 
 def _check_schedule(teacher, student, schedule: str) -> None:
-    adapters = adapter_nodes(student)
+    adapters = recovery_nodes(student)
     if schedule == "layerwise":
-        misplaced = [node.name for node in adapters
-                     if node.meta.get(ADAPTER_META) is None
-                     or node.meta[ADAPTER_META].side != "input" or len(node.users) != 1]
+        misplaced = [node.name for node in adapters if PRUNE_GROUP_META not in node.meta and (
+                     node.meta.get(ADAPTER_META) is None
+                     or node.meta[ADAPTER_META].side != "input" or len(node.users) != 1)]
         if misplaced:
             raise PreconditionError(
                 f"layer-wise recovery trains adapters placed before a conv; {', '.join(misplaced)} "
@@ -215,7 +224,7 @@ def _check_schedule(teacher, student, schedule: str) -> None:
 def _stagewise(teacher, student, images, config, progress) -> list[StepReport]:
     student_outputs, targets = _stage_targets(teacher, student, images, config)
     order = {node.name: index for index, node in enumerate(student.graph.nodes)}
-    adapters = adapter_nodes(student)
+    adapters = recovery_nodes(student)
     reports: list[StepReport] = []
     source, features = _input_name(student), images
     lower = -1
@@ -233,20 +242,39 @@ def _stagewise(teacher, student, images, config, progress) -> list[StepReport]:
     return reports
 
 
+def _layer_groups(student: fx.GraphModule) -> list[tuple[list[fx.Node], str, str]]:
+    """(nodes trained together, the node the segment starts from, the conv whose output is
+    mimicked), in topological order: an adapter before a conv alone; a pruned map's two
+    adapters and BN together, from the producer's input to the consumer."""
+    nodes = {node.name: node for node in student.graph.nodes}
+    trained = recovery_nodes(student)
+    groups, seen = [], set()
+    for node in trained:
+        group = node.meta.get(PRUNE_GROUP_META)
+        if group is None:
+            groups.append(([node], node.args[0].name, next(iter(node.users)).name))
+        elif group not in seen:
+            seen.add(group)
+            members = [other for other in trained if other.meta.get(PRUNE_GROUP_META) == group]
+            consumer = next(other.meta[ADAPTER_META].conv for other in members
+                            if ADAPTER_META in other.meta
+                            and other.meta[ADAPTER_META].side == "input")
+            groups.append((members, nodes[group].args[0].name, consumer))
+    return groups
+
+
 def _layerwise(teacher, student, images, config, progress) -> list[StepReport]:
     source = _input_name(student)
     reports: list[StepReport] = []
-    nodes = tqdm(adapter_nodes(student), desc="recover layers", leave=False,
-                 disable=not progress or None)
-    for adapter in nodes:
-        conv = next(iter(adapter.users))
-        producer = adapter.args[0].name
-        features = run_batched(segment(student, [source], [producer]), [images],
+    groups = tqdm(_layer_groups(student), desc="recover layers", leave=False,
+                  disable=not progress or None)
+    for members, start, conv in groups:
+        features = run_batched(segment(student, [source], [start]), [images],
                                config.eval_batch_size)[0]
-        # one teacher pass per adapter: holding every conv target at once would cost memory
+        # one teacher pass per step: holding every conv target at once would cost memory
         # proportional to the whole network's activations on the tiny set
-        target = run_batched(segment(teacher, [_input_name(teacher)], [conv.name]), [images],
+        target = run_batched(segment(teacher, [_input_name(teacher)], [conv]), [images],
                              config.eval_batch_size)[0]
-        reports.append(_train(student, target, ([producer], [features]), [adapter], conv.name,
+        reports.append(_train(student, target, ([start], [features]), members, conv,
                               config, progress))
     return reports

@@ -1,0 +1,141 @@
+"""PruneFilters: prune the filters of prunable feature maps (L1 norm), through adapters that
+recovery can train and ``FoldAdapters`` folds into a really smaller network.
+
+For a map ``producer -> [BN] -> act -> [pool] -> consumer`` with C channels, keeping the set K
+of N filters with the largest L1 norm (``sum |W[k]|`` over the producer's filter ``k``; ties
+to the lower index; kept channels stay in order) and the selection matrix S (N x C,
+``S[i, K[i]] = 1``), the pass builds the paper's Fig. 2:
+
+    producer -> A_out (C -> N, = S, bias 0) -> BN(N) (= BN[K]) -> act -> [pool]
+             -> A_in (N -> C, = S^T) -> consumer
+
+which computes exactly what the L1-pruned network computes (the pruned channels are zeros at
+the consumer). Recovery may train A_out, BN(N) and A_in; ``FoldAdapters`` then folds A_out and
+BN(N) into the producer (N filters) and A_in into the consumer (N input channels), so
+``PruneFilters`` followed by ``FoldAdapters`` with no training in between *is* L1 pruning.
+The three nodes carry ``node.meta["fxprune.prune_group"]`` = the producer's name.
+
+Does not fire for a producer already pruned (idempotent). Raises ``PreconditionError``,
+before changing anything, for a producer that heads no prunable map (``prunable_maps``), a
+kept count outside 1..C, or a BN module called at several nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import fx, nn
+
+from fxprune.adapters import ADAPTER_META, PRUNE_GROUP_META, Adapter, AdapterSite
+from fxprune.analysis.channels import PrunableMap, prunable_maps
+from fxprune.errors import PreconditionError
+from fxprune.graph import callers, module_of, named_modules, parameter_dtype, shape_of
+from fxprune.pass_manager import PassBase, PassResult
+from fxprune.rewrite import replace_module, unique_module_name
+from fxprune.tracing import example_input, propagate_shapes
+
+
+def l1_kept(conv: nn.Conv2d, keep: int) -> torch.Tensor:
+    """Indices (ascending) of the ``keep`` filters of ``conv`` with the largest L1 norm."""
+    norms = conv.weight.detach().abs().flatten(1).sum(1).double()
+    order = sorted(range(len(norms)), key=lambda index: (-float(norms[index]), index))
+    return torch.tensor(sorted(order[:keep]), dtype=torch.long)
+
+
+def keep_counts(maps: list[PrunableMap], ratio: float) -> dict[str, int]:
+    """Filters kept per map when a fraction ``ratio`` of every map's channels is pruned."""
+    if not 0.0 <= ratio < 1.0:
+        raise PreconditionError(f"filter pruning ratio must be in [0, 1), not {ratio}")
+    return {m.producer: max(1, round(m.channels * (1.0 - ratio))) for m in maps}
+
+
+class PruneFilters(PassBase):
+    def __init__(self, keep: Mapping[str, int]):
+        super().__init__()
+        self.keep = dict(keep)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        maps = {m.producer: m for m in prunable_maps(gm)}
+        pruned = {node.meta[PRUNE_GROUP_META] for node in gm.graph.nodes
+                  if PRUNE_GROUP_META in node.meta}
+        todo = [name for name in self.keep if name not in pruned]
+        for name in todo:  # refuse before changing anything
+            if name not in maps:
+                raise PreconditionError(
+                    f"cannot prune the filters of '{name}': it does not head a prunable map "
+                    "(conv -> [BN] -> activation -> [pool] -> conv, each used once); prunable: "
+                    + (", ".join(maps) or "none"))
+            if not 1 <= self.keep[name] <= maps[name].channels:
+                raise PreconditionError(f"cannot keep {self.keep[name]} of the "
+                                        f"{maps[name].channels} filters of '{name}'")
+            if maps[name].batchnorm and len(callers(gm, _target(gm, maps[name].batchnorm))) > 1:
+                raise PreconditionError(f"BN '{maps[name].batchnorm}' after '{name}' is called "
+                                        "at several nodes; pruning it would change the others")
+        for name in todo:
+            _prune(gm, maps[name], self.keep[name])
+        if todo:
+            gm.graph.lint()
+            gm.recompile()
+            shape = shape_of(next(n for n in gm.graph.nodes if n.op == "placeholder"))
+            propagate_shapes(gm, [example_input(shape[1:], dtype=parameter_dtype(gm))])
+        return PassResult(gm, bool(todo))
+
+
+def _target(gm: fx.GraphModule, name: str) -> str:
+    return next(node.target for node in gm.graph.nodes if node.name == name)
+
+
+def _prune(gm: fx.GraphModule, prunable: PrunableMap, keep: int) -> None:
+    nodes = {node.name: node for node in gm.graph.nodes}
+    modules = named_modules(gm)
+    producer, consumer = nodes[prunable.producer], nodes[prunable.consumer]
+    conv = module_of(producer, modules)
+    kept = l1_kept(conv, keep).to(conv.weight.device)
+    selection = torch.zeros(keep, prunable.channels, dtype=conv.weight.dtype,
+                            device=conv.weight.device)
+    selection[torch.arange(keep, device=kept.device), kept] = 1.0
+    shrink = _add_adapter(gm, prunable.channels, keep, selection, bias=True)
+    grow = _add_adapter(gm, keep, prunable.channels, selection.T, bias=False)
+    with gm.graph.inserting_after(producer):
+        shrink_node = gm.graph.call_module(shrink, (producer,))
+    producer.replace_all_uses_with(shrink_node, delete_user_cb=lambda user: user is not shrink_node)
+    source = consumer.args[0]
+    with gm.graph.inserting_before(consumer):
+        grow_node = gm.graph.call_module(grow, (source,))
+    consumer.replace_input_with(source, grow_node)
+    shrink_node.meta[ADAPTER_META] = AdapterSite(prunable.producer, "output")
+    grow_node.meta[ADAPTER_META] = AdapterSite(prunable.consumer, "input")
+    group = [shrink_node, grow_node]
+    if prunable.batchnorm is not None:
+        bn_node = nodes[prunable.batchnorm]
+        replace_module(gm, bn_node, _selected_batchnorm(module_of(bn_node, modules), kept))
+        group.append(bn_node)
+    for node in group:
+        node.meta[PRUNE_GROUP_META] = prunable.producer
+
+
+def _add_adapter(gm, channels: int, out_channels: int, weight: torch.Tensor, bias: bool) -> str:
+    name = unique_module_name(gm, "fxprune_prune")
+    adapter = Adapter(channels, bias=bias, out_channels=out_channels).to(weight)
+    with torch.no_grad():
+        adapter.weight.copy_(weight.view(out_channels, channels, 1, 1))
+    gm.add_submodule(name, adapter)
+    return name
+
+
+def _selected_batchnorm(bn: nn.BatchNorm2d, kept: torch.Tensor) -> nn.BatchNorm2d:
+    """A new BN over the ``kept`` channels with their statistics and affine parameters."""
+    new = nn.BatchNorm2d(len(kept), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                         track_running_stats=bn.track_running_stats,
+                         device=kept.device, dtype=bn.running_mean.dtype
+                         if bn.running_mean is not None else None)
+    with torch.no_grad():
+        for attribute in ("weight", "bias", "running_mean", "running_var"):
+            value = getattr(bn, attribute)
+            if value is not None:
+                getattr(new, attribute).copy_(value[kept])
+        if bn.num_batches_tracked is not None:
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    new.train(bn.training)
+    return new

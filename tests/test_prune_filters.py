@@ -1,0 +1,164 @@
+"""Prunable feature maps (analysis) and PruneFilters (pass): which maps are found, the Fig. 2
+structure, L1 selection, equivalence with a hand-pruned network in float64, the cases that
+must not fire, idempotence, and recovery of a pruned network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import fxprune
+from fxprune.adapters import PRUNE_GROUP_META, Adapter
+from fxprune.analysis.channels import prunable_maps
+from fxprune.errors import PreconditionError
+from fxprune.models import cifar_resnet
+from fxprune.passes import FoldAdapters, PruneFilters
+from fxprune.passes.prune_filters import keep_counts, l1_kept
+from fxprune.recovery.fit import FitConfig
+from fxprune.recovery.practise import RecoveryConfig, recover
+from fxprune.tracing import example_input, trace
+from tests.helpers import FP64_ATOL, calibrate_and_randomize, count_modules, randomize_adapters
+
+SIZE = (3, 16, 16)
+
+
+class PlainNet(nn.Module):
+    """conv -> BN -> ReLU -> maxpool -> conv -> ReLU -> conv: two maps, one through a pool and
+    one without BN; the last conv feeds the head (not prunable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1, bias=True)
+        self.conv3 = nn.Conv2d(6, 5, 1)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = self.conv3(F.relu(self.conv2(x)))
+        return x.mean((2, 3))
+
+
+@pytest.fixture
+def resnet():
+    torch.manual_seed(0)
+    gm = trace(cifar_resnet(20).eval(), SIZE)
+    calibrate_and_randomize(gm, example_input(SIZE, batch=16, seed=3))
+    return gm
+
+
+def test_maps_found_from_the_graph():
+    r56 = fxprune.trace(cifar_resnet(56).eval(), (3, 32, 32))
+    maps = prunable_maps(r56, fxprune.find_structure(r56))
+    assert len(maps) == 27  # one inner map per basic block
+    assert maps[0].block == "1.1" and maps[-1].block == "3.9"
+    assert all(m.batchnorm and len(m.chain) == 1 for m in maps)
+    r50 = fxprune.trace(torchvision.models.resnet50().eval(), (3, 64, 64))
+    assert len(prunable_maps(r50)) == 32  # two per bottleneck, never conv3 (it feeds the add)
+    vgg = fxprune.trace(torchvision.models.vgg16_bn().eval(), (3, 64, 64))
+    assert len(prunable_maps(vgg)) == 12  # 13 convs; the last feeds the classifier
+    mbv2 = fxprune.trace(torchvision.models.mobilenet_v2().eval(), (3, 64, 64))
+    assert prunable_maps(mbv2) == []  # expand -> depthwise: the consumer is grouped
+    plain = prunable_maps(fxprune.trace(PlainNet().eval(), SIZE))
+    assert [(m.producer, m.batchnorm, len(m.chain), m.consumer) for m in plain] == [
+        ("conv1", "bn1", 2, "conv2"), ("conv2", None, 1, "conv3")]
+
+
+def test_l1_selection_keeps_the_largest_filters_in_order():
+    conv = nn.Conv2d(2, 5, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -4.0, 2.0, 3.0, -2.0]).view(5, 1, 1, 1).repeat(1, 2, 1, 1))
+    assert l1_kept(conv, 3).tolist() == [1, 2, 3]  # |-4|, |3|, then the tie 2 / -2 -> index 2
+    assert keep_counts(prunable_maps(fxprune.trace(PlainNet(), SIZE)), 0.5) == {
+        "conv1": 4, "conv2": 3}
+
+
+def _hand_pruned(gm, keep):
+    """The L1-pruned network computed directly: pruned channels zeroed after the activation."""
+    def zero_pruned(kept):
+        def hook(module, inputs):
+            mask = torch.zeros(inputs[0].shape[1], dtype=inputs[0].dtype).index_fill(0, kept, 1)
+            return (inputs[0] * mask.view(1, -1, 1, 1),)
+        return hook
+
+    modules = {node.name: gm.get_submodule(node.target) for node in gm.graph.nodes
+               if node.op == "call_module"}
+    return [modules[m.consumer].register_forward_pre_hook(
+                zero_pruned(l1_kept(modules[m.producer], keep[m.producer])))
+            for m in prunable_maps(gm) if m.producer in keep]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pruned_then_folded_equals_hand_pruning(resnet, dtype):
+    gm = resnet.to(dtype)
+    x = example_input(SIZE, batch=4, seed=1, dtype=dtype)
+    keep = keep_counts(prunable_maps(gm), 0.5)
+    handles = _hand_pruned(gm, keep)
+    expected = gm(x)
+    for handle in handles:
+        handle.remove()
+    pruned = PruneFilters(keep)(trace(gm, SIZE)).graph_module
+    assert sum(PRUNE_GROUP_META in node.meta for node in pruned.graph.nodes) == 3 * len(keep)
+    tolerance = dict(rtol=0, atol=FP64_ATOL) if dtype == torch.float64 else dict(
+        rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pruned(x), expected, **tolerance)
+    folded = FoldAdapters()(pruned).graph_module
+    assert count_modules(folded, Adapter) == 0
+    torch.testing.assert_close(folded(x), expected, **tolerance)
+    convs = {name: module for name, module in folded.named_modules()
+             if isinstance(module, nn.Conv2d)}
+    assert convs["layer1.0.conv1"].out_channels == 8 and convs["layer1.0.conv2"].in_channels == 8
+
+
+def test_trained_adapters_fold_exactly(resnet):
+    gm = PruneFilters(keep_counts(prunable_maps(resnet), 0.5))(resnet.double()).graph_module
+    randomize_adapters(gm, seed=4, scale=0.3)
+    for module in gm.modules():  # the pruned BN layers train too
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.mul_(1.3)
+    x = example_input(SIZE, batch=3, seed=2, dtype=torch.float64)
+    expected = gm(x)
+    folded = FoldAdapters()(gm).graph_module
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
+
+
+def test_refusals_change_nothing(resnet):
+    before = str(resnet.graph)
+    with pytest.raises(PreconditionError, match="'layer1_0_conv2'.*does not head"):
+        PruneFilters({"layer1_0_conv2": 8})(resnet)  # conv2 feeds the residual add
+    with pytest.raises(PreconditionError, match="cannot keep 0 of the 16"):
+        PruneFilters({"layer1_0_conv1": 0})(resnet)
+    with pytest.raises(PreconditionError, match="in \\[0, 1\\)"):
+        keep_counts(prunable_maps(resnet), 1.0)
+    assert str(resnet.graph) == before
+
+
+def test_idempotent_and_empty_plan(resnet):
+    keep = {"layer1_0_conv1": 8}
+    first = PruneFilters(keep)(resnet)
+    assert first.modified
+    graph = str(first.graph_module.graph)
+    assert not PruneFilters(keep)(first.graph_module).modified
+    assert str(first.graph_module.graph) == graph
+    assert not PruneFilters({})(first.graph_module).modified
+
+
+@pytest.mark.parametrize("schedule", ["layerwise", "stagewise"])
+def test_recovery_of_a_pruned_network(resnet, schedule):
+    teacher = trace(resnet, SIZE)
+    student = PruneFilters(keep_counts(prunable_maps(resnet), 0.5))(
+        trace(resnet, SIZE)).graph_module
+    images = example_input(SIZE, batch=24, seed=7)
+    pruned = FoldAdapters()(trace(student, SIZE)).graph_module
+    config = RecoveryConfig(schedule=schedule, fit=FitConfig(lr=3e-3, max_steps=40,
+                                                              patience=40))
+    reports = recover(teacher, student, images, config, progress=False)
+    if schedule == "layerwise":  # one step per pruned map: two adapters and the BN
+        assert len(reports) == 9 and all(len(report.adapters) == 3 for report in reports)
+    assert all(report.loss_after < report.loss_before for report in reports)
+    recovered = FoldAdapters()(student).graph_module
+    error = F.mse_loss(recovered(images), teacher(images))
+    assert error < 0.7 * F.mse_loss(pruned(images), teacher(images))
