@@ -9,6 +9,8 @@ N -> C putting them back). Folding, for a conv ``W`` (O x I x kh x kw, bias ``b`
   ``b' = b + sum_{c,kh,kw} W[:, c, kh, kw] a[c]`` only when the conv has no padding, since
   zero padding of ``A x`` is not ``A`` of the zero-padded ``x`` at the borders.
 * BN after a conv: ``W' = W γ/σ``, ``b' = (b − μ) γ/σ + β`` with ``σ = sqrt(var + eps)``.
+* a masked conv (unstructured pruning, ``MaskedConv``): ``W' = (W * U) ⊙ M`` — the adapter
+  ``U`` acts inside the conv so that the mask's zeros survive the fold.
 
 All folds compute in float64 and cast back, and build new modules, so a module shared with the
 caller's original model is never changed in place.
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -56,6 +59,42 @@ class Adapter(nn.Conv2d):
     @property
     def matrix(self) -> torch.Tensor:
         return self.weight[:, :, 0, 0]
+
+
+class MaskedConv(nn.Module):
+    """``conv(x, (W * U) ⊙ M)``: a frozen conv, its fixed mask and a trainable 1x1 adapter."""
+
+    def __init__(self, conv: nn.Conv2d, mask: torch.Tensor):
+        super().__init__()
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.kernel_size, self.in_channels = conv.kernel_size, conv.in_channels
+        self.out_channels = conv.out_channels
+        self.register_buffer("frozen_weight", conv.weight.detach().clone())
+        self.register_buffer("frozen_bias", None if conv.bias is None else
+                             conv.bias.detach().clone())
+        self.register_buffer("mask", mask.to(conv.weight.dtype))
+        self.adapter = nn.Parameter(torch.eye(conv.in_channels, dtype=conv.weight.dtype,
+                                              device=conv.weight.device))
+
+    def masked_weight(self) -> torch.Tensor:
+        return torch.einsum("ockl,ci->oikl", self.frozen_weight, self.adapter) * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.masked_weight(), self.frozen_bias, self.stride, self.padding,
+                        self.dilation)
+
+    def folded(self) -> nn.Conv2d:
+        """The plain conv this computes, weight in float64 then cast back."""
+        weight = torch.einsum("ockl,ci->oikl", self.frozen_weight.double(),
+                              self.adapter.detach().double()) * self.mask.double()
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, bias=self.frozen_bias is not None,
+                         device=self.frozen_weight.device, dtype=self.frozen_weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(weight.to(conv.weight.dtype))
+            if self.frozen_bias is not None:
+                conv.bias.copy_(self.frozen_bias)
+        return conv
 
 
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None,

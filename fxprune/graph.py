@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxprune.adapters import PRUNE_GROUP_META, Adapter
+from fxprune.adapters import PRUNE_GROUP_META, Adapter, MaskedConv
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.ELU,
                       nn.Mish, nn.Hardtanh, nn.PReLU)
@@ -59,11 +59,18 @@ def adapter_nodes(gm: fx.GraphModule) -> list[fx.Node]:
 
 
 def recovery_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """The nodes recovery trains, in graph order: adapters, and the BN layers of pruned
-    feature maps (``PruneFilters`` marks them)."""
+    """The nodes recovery trains, in graph order: adapters, masked convs (their adapter), and
+    the BN layers of pruned feature maps (``PruneFilters`` marks them)."""
     modules = named_modules(gm)
     return [node for node in gm.graph.nodes
-            if isinstance(module_of(node, modules), Adapter) or PRUNE_GROUP_META in node.meta]
+            if isinstance(module_of(node, modules), (Adapter, MaskedConv))
+            or PRUNE_GROUP_META in node.meta]
+
+
+def masked_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that call a ``MaskedConv``, in graph order."""
+    modules = named_modules(gm)
+    return [node for node in gm.graph.nodes if isinstance(module_of(node, modules), MaskedConv)]
 
 
 def parameter_dtype(module: nn.Module) -> torch.dtype:

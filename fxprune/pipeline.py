@@ -22,10 +22,10 @@ from fxprune.analysis.channels import prunable_maps
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import Structure, find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning
-from fxprune.graph import parameter_dtype
+from fxprune.graph import adapter_nodes, conv_of, named_modules, owns_module, parameter_dtype
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters, PruneFilters
+from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters, MaskWeights, PruneFilters
 from fxprune.passes.prune_filters import keep_counts
 from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune
 from fxprune.recovery.practise import RecoveryConfig, recover as run_recovery
@@ -122,9 +122,27 @@ def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int]
     return keep_counts(maps, float(prune_filters))
 
 
+def maskable_convs(gm: fx.GraphModule) -> list[str]:
+    """Ungrouped plain convs with no adapter as producer or consumer."""
+    modules = named_modules(gm)
+    adapters = set(adapter_nodes(gm))
+    return [node.name for node in gm.graph.nodes
+            if type(conv_of(node, modules)) is nn.Conv2d and conv_of(node, modules).groups == 1
+            and owns_module(gm, node) and node.args[0] not in adapters
+            and not adapters & set(node.users)]
+
+
+def zero_fraction(gm: fx.GraphModule, convs: Sequence[str]) -> float:
+    """Fraction of exactly-zero weights over the named convs (after folding)."""
+    modules = named_modules(gm)
+    weights = [conv_of(node, modules).weight for node in gm.graph.nodes if node.name in convs]
+    return sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
+
+
 def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], *,
              labels: torch.Tensor | None = None, drop: str | Sequence[str] | None = "rule",
              prune_filters: float | Mapping[str, int] | None = None,
+             sparsity: float | None = None,
              placement: str = "cvpr", recover: str = "practise",
              recovery: RecoveryConfig | None = None, finetune: str = "none",
              finetuning: FinetuneConfig | None = None, seed: int = 0,
@@ -134,7 +152,9 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
 
     ``drop`` names blocks (``"rule"``, ``"1.2,2.2"``, a list, or None); ``prune_filters``
     prunes a fraction of every prunable feature map's filters (L1 norm), or keeps the given
-    count per producer conv name; at least one of them must compress something.
+    count per producer conv name; ``sparsity`` masks that fraction of the weights of every
+    conv (magnitude), except convs next to an adapter, which stay dense (folding an adapter
+    into a masked conv would fill its zeros). At least one of them must compress something.
     ``recover="none"`` skips the adapters (``finetune="ce-mse"`` then is the paper's Eq. 4
     baseline). ``seed`` seeds every shuffle and augmentation. Training runs on ``device``
     (e.g. ``"cuda"``); the returned models are on the CPU."""
@@ -148,19 +168,24 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     teacher = trace(model, size, leaf_modules).eval()
     student = trace(model, size, leaf_modules).eval()
     structure = find_structure(student)
-    ids = resolve_drop(structure, drop, required=prune_filters is None)
+    ids = resolve_drop(structure, drop, required=prune_filters is None and sparsity is None)
     sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
-    if recover == "practise" and not sites and prune_filters is None:
+    if recover == "practise" and not sites and prune_filters is None and sparsity is None:
         warnings.warn(f"no adapter can be placed (and folded) around blocks {ids}: the network "
                       "is only pruned, not recovered", FxpruneWarning, stacklevel=2)
         recover = "none"
     student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
     keep = resolve_pruning(student, prune_filters)
     student = PruneFilters(keep)(student).graph_module
-    if recover == "none" and keep:  # the plain L1-pruned network, BN kept for finetuning
+    masked = maskable_convs(student) if sparsity is not None else []
+    if masked and recover == "none" and finetune != "none":
+        raise FxpruneError("finetuning a masked network without recovery would fill the "
+                           "mask's zeros; use --recover practise with --sparsity")
+    student = MaskWeights(sparsity or 0.0, masked)(student).graph_module
+    if recover == "none" and (keep or masked):  # the plain pruned network, BN kept
         student = FoldAdapters(batchnorm=False)(student).graph_module
-    pruned = PassManager([DropBlocks(ids), PruneFilters(keep), FoldAdapters()])(
-        copy.deepcopy(teacher)).graph_module
+    pruned = PassManager([DropBlocks(ids), PruneFilters(keep), MaskWeights(sparsity or 0.0, masked),
+                          FoldAdapters()])(copy.deepcopy(teacher)).graph_module
     phases: dict[str, float] = {}
     steps = []
     teacher, student, images = teacher.to(device), student.to(device), images.to(device)
@@ -188,9 +213,11 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     report = {
         "input_size": list(size), "images": len(images), "seed": seed,
         "drop": ids, "placement": placement if sites else None,
-        "adapters": len(sites) + 2 * len(keep) if recover == "practise" else 0,
+        "adapters": len(sites) + 2 * len(keep) + len(masked) if recover == "practise" else 0,
         "prune_filters": {"ratio": prune_filters if not isinstance(prune_filters, Mapping)
                           else None, "kept": keep} if keep else None,
+        "sparsity": {"target": sparsity, "masked_convs": masked,
+                     "weights_zero": zero_fraction(student, masked)} if masked else None,
         "recover": recover, "finetune": finetune,
         "schedule": (recovery or RecoveryConfig()).schedule if recover == "practise" else None,
         "init": (recovery or RecoveryConfig()).init if recover == "practise" else None,

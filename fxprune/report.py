@@ -50,6 +50,10 @@ def _scheme(report: dict[str, Any]) -> str:
         kept = pruning["kept"]
         ratio = f"{pruning['ratio']:.0%} of the" if pruning["ratio"] is not None else "the"
         parts.append(f"pruned {ratio} filters of {len(kept)} feature maps (L1 norm)")
+    sparsity = report.get("sparsity")
+    if sparsity:
+        parts.append(f"masked {len(sparsity['masked_convs'])} convs to "
+                     f"{sparsity['weights_zero']:.1%} zero weights (magnitude)")
     return "; ".join(parts)
 
 

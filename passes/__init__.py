@@ -5,7 +5,8 @@ from fxprune.passes.fold_adapters import FoldAdapters
 from fxprune.passes.fold_batchnorm import FoldBatchNorm
 from fxprune.adapters import AdapterSite
 from fxprune.passes.insert_adapters import InsertAdapters
+from fxprune.passes.mask_weights import MaskWeights
 from fxprune.passes.prune_filters import PruneFilters
 
 __all__ = ["AdapterSite", "DropBlocks", "FoldAdapters", "FoldBatchNorm", "InsertAdapters",
-           "PruneFilters"]
+           "MaskWeights", "PruneFilters"]

@@ -1,7 +1,8 @@
 """FoldAdapters: constant-fold every adapter into its neighbouring conv (and every BN into its
 conv), so the shipped graph has no extra op. The algebra is in ``fxprune.adapters``.
 
-Per adapter ``A``, first match wins, repeated until nothing changes:
+Every masked conv (``MaskWeights``) becomes the plain conv with weight ``(W * U) ⊙ M``. Then,
+per adapter ``A``, first match wins, repeated until nothing changes:
 
 * ``A(conv(x))`` where ``A`` is the conv's only user  -> one conv (``W' = M W``).
 * ``conv(A(x))`` where the conv is ``A``'s only user  -> one conv (``W' = W M``); with a bias
@@ -23,8 +24,8 @@ from torch import fx
 
 from fxprune.adapters import Adapter, fold_after, fold_before
 from fxprune.errors import PreconditionError
-from fxprune.graph import (adapter_nodes, foldable_conv, module_of, named_modules,
-                           owns_module)
+from fxprune.graph import (adapter_nodes, foldable_conv, masked_nodes, module_of,
+                           named_modules, owns_module)
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import finalize, replace_module
 from fxprune.passes.fold_batchnorm import FoldBatchNorm
@@ -38,6 +39,10 @@ class FoldAdapters(PassBase):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
+        modules = named_modules(gm)
+        for node in masked_nodes(gm):
+            replace_module(gm, node, modules[node.target].folded())
+            modified = True
         while True:
             folded = self._fold_one_round(gm)
             if self.batchnorm:

@@ -57,6 +57,7 @@ def _assert_user_error(capsys, argv, message, tmp_path=None):
     err = capsys.readouterr().err
     assert code == 2, err
     lines = [line for line in err.splitlines() if line and not line.startswith("fxprune: warning")]
+    assert "Warning" not in err  # nothing but fxprune's own lines
     assert len(lines) == 1 and lines[0].startswith("fxprune: error:"), err
     assert message in lines[0], lines[0]
     assert "Traceback" not in err
@@ -89,6 +90,7 @@ def weights_files(tmp_path):
     ("negative steps", ["--steps=-3"], "--steps must be >= 0"),
     ("unknown device", ["--device=gpu0"], "unknown device 'gpu0'"),
     ("pruning everything", ["--prune-filters=1.0"], "in [0, 1)"),
+    ("masking everything", ["--sparsity=1.0"], "sparsity must be in [0, 1)"),
 ])
 def test_user_errors(tmp_path, capsys, case, extra, message):
     argv = (_compress(tmp_path, model=extra[1]) if extra[0] == "compress"

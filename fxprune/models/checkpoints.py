@@ -8,6 +8,7 @@ load would make every later accuracy number meaningless.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before failing
+            warnings.simplefilter("ignore")
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types on garbled or unsafe input
         # the loaders' own messages run to several paragraphs; the cause is kept as __cause__
         raise WeightsError(f"cannot read weights file {path}: not a torch.save checkpoint of "

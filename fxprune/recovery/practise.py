@@ -20,7 +20,8 @@ Three schedules, all label-free:
   consumer conv's output matches the teacher's.
 
 Every schedule trains the BN layers of pruned feature maps with the adapters (their affine
-parameters; their statistics only with ``bn="train"``).
+parameters; their statistics only with ``bn="train"``), and the adapter ``U`` inside every
+masked conv (``MaskWeights``; the closed form does not cover it).
 
 ``init="lstsq"`` first sets every adapter, one at a time in topological order, to the exact
 least-squares optimum of its own layer-wise objective (``fxprune.recovery.lstsq``): an adapter
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 from fxprune.adapters import ADAPTER_META, PRUNE_GROUP_META
 from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.errors import PreconditionError
-from fxprune.graph import adapter_nodes, conv_of, named_modules, recovery_nodes
+from fxprune.graph import adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes
 from fxprune.recovery.fit import FitConfig, fit, set_batchnorm_training
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.segments import run_batched, segment
@@ -204,7 +205,9 @@ def _joint(teacher, student, images, config, progress) -> list[StepReport]:
 def _check_schedule(teacher, student, schedule: str) -> None:
     adapters = recovery_nodes(student)
     if schedule == "layerwise":
-        misplaced = [node.name for node in adapters if PRUNE_GROUP_META not in node.meta and (
+        masked = set(masked_nodes(student))
+        misplaced = [node.name for node in adapters if PRUNE_GROUP_META not in node.meta
+                     and node not in masked and (
                      node.meta.get(ADAPTER_META) is None
                      or node.meta[ADAPTER_META].side != "input" or len(node.users) != 1)]
         if misplaced:
@@ -245,13 +248,17 @@ def _stagewise(teacher, student, images, config, progress) -> list[StepReport]:
 def _layer_groups(student: fx.GraphModule) -> list[tuple[list[fx.Node], str, str]]:
     """(nodes trained together, the node the segment starts from, the conv whose output is
     mimicked), in topological order: an adapter before a conv alone; a pruned map's two
-    adapters and BN together, from the producer's input to the consumer."""
+    adapters and BN together, from the producer's input to the consumer; a masked conv alone,
+    against the teacher's output of that conv."""
     nodes = {node.name: node for node in student.graph.nodes}
     trained = recovery_nodes(student)
+    masked = set(masked_nodes(student))
     groups, seen = [], set()
     for node in trained:
         group = node.meta.get(PRUNE_GROUP_META)
-        if group is None:
+        if node in masked:  # its own output mimics the teacher conv's
+            groups.append(([node], node.args[0].name, node.name))
+        elif group is None:
             groups.append(([node], node.args[0].name, next(iter(node.users)).name))
         elif group not in seen:
             seen.add(group)
