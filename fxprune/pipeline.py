@@ -25,7 +25,10 @@ from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.graph import adapter_nodes, conv_of, named_modules, owns_module, parameter_dtype
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters, MaskWeights, PruneFilters
+from fxprune.adapters import AdapterSite
+from fxprune.passes import (DropBlocks, FactorizeConvs, FoldAdapters, InsertAdapters,
+                            MaskWeights, PruneFilters)
+from fxprune.passes.factorize_convs import factorizable
 from fxprune.passes.prune_filters import keep_counts
 from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune
 from fxprune.recovery.practise import RecoveryConfig, recover as run_recovery
@@ -122,7 +125,20 @@ def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int]
     return keep_counts(maps, float(prune_filters))
 
 
-def maskable_convs(gm: fx.GraphModule) -> list[str]:
+def _parse_decouple(decouple: str) -> tuple[str, float]:
+    """``"dwpw"`` or ``"lowrank:E"`` (E: the energy kept, default 0.4) -> (method, energy)."""
+    method, _, energy = decouple.partition(":")
+    try:
+        value = float(energy) if energy else 0.4
+    except ValueError:
+        value = -1.0
+    if method not in ("dwpw", "lowrank") or (energy and method == "dwpw") or value <= 0:
+        raise FxpruneError(f"--decouple {decouple!r} not understood: use dwpw or lowrank:E "
+                           "with E in (0, 1]")
+    return method, value
+
+
+def convs_without_adapters(gm: fx.GraphModule) -> list[str]:
     """Ungrouped plain convs with no adapter as producer or consumer."""
     modules = named_modules(gm)
     adapters = set(adapter_nodes(gm))
@@ -142,7 +158,7 @@ def zero_fraction(gm: fx.GraphModule, convs: Sequence[str]) -> float:
 def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], *,
              labels: torch.Tensor | None = None, drop: str | Sequence[str] | None = "rule",
              prune_filters: float | Mapping[str, int] | None = None,
-             sparsity: float | None = None,
+             sparsity: float | None = None, decouple: str | None = None,
              placement: str = "cvpr", recover: str = "practise",
              recovery: RecoveryConfig | None = None, finetune: str = "none",
              finetuning: FinetuneConfig | None = None, seed: int = 0,
@@ -154,7 +170,9 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     prunes a fraction of every prunable feature map's filters (L1 norm), or keeps the given
     count per producer conv name; ``sparsity`` masks that fraction of the weights of every
     conv (magnitude), except convs next to an adapter, which stay dense (folding an adapter
-    into a masked conv would fill its zeros). At least one of them must compress something.
+    into a masked conv would fill its zeros); ``decouple`` (``"dwpw"`` or ``"lowrank:E"``)
+    factorizes every conv with no adapter next to it into a pair with an adapter between
+    (``FactorizeConvs``). At least one of them must compress something.
     ``recover="none"`` skips the adapters (``finetune="ce-mse"`` then is the paper's Eq. 4
     baseline). ``seed`` seeds every shuffle and augmentation. Training runs on ``device``
     (e.g. ``"cuda"``); the returned models are on the CPU."""
@@ -168,24 +186,35 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     teacher = trace(model, size, leaf_modules).eval()
     student = trace(model, size, leaf_modules).eval()
     structure = find_structure(student)
-    ids = resolve_drop(structure, drop, required=prune_filters is None and sparsity is None)
+    others = prune_filters is not None or sparsity is not None or decouple is not None
+    ids = resolve_drop(structure, drop, required=not others)
     sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
-    if recover == "practise" and not sites and prune_filters is None and sparsity is None:
+    if recover == "practise" and not sites and not others:
         warnings.warn(f"no adapter can be placed (and folded) around blocks {ids}: the network "
                       "is only pruned, not recovered", FxpruneWarning, stacklevel=2)
         recover = "none"
     student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
     keep = resolve_pruning(student, prune_filters)
     student = PruneFilters(keep)(student).graph_module
-    masked = maskable_convs(student) if sparsity is not None else []
+    factorization, factorized = [], []
+    if decouple is not None:
+        method, energy = _parse_decouple(decouple)
+        without = set(convs_without_adapters(student))
+        factorized = [name for name in factorizable(student, method) if name in without]
+        factorization = [FactorizeConvs(method, factorized, energy, images)]
+        student = PassManager([*factorization, InsertAdapters(
+            [AdapterSite(name, "input") for name in factorized] if recover == "practise"
+            else [])])(student).graph_module
+    masked = convs_without_adapters(student) if sparsity is not None else []
     if masked and recover == "none" and finetune != "none":
         raise FxpruneError("finetuning a masked network without recovery would fill the "
                            "mask's zeros; use --recover practise with --sparsity")
     student = MaskWeights(sparsity or 0.0, masked)(student).graph_module
     if recover == "none" and (keep or masked):  # the plain pruned network, BN kept
         student = FoldAdapters(batchnorm=False)(student).graph_module
-    pruned = PassManager([DropBlocks(ids), PruneFilters(keep), MaskWeights(sparsity or 0.0, masked),
-                          FoldAdapters()])(copy.deepcopy(teacher)).graph_module
+    pruned = PassManager([DropBlocks(ids), PruneFilters(keep), *factorization,
+                          MaskWeights(sparsity or 0.0, masked), FoldAdapters()])(
+        copy.deepcopy(teacher)).graph_module
     phases: dict[str, float] = {}
     steps = []
     teacher, student, images = teacher.to(device), student.to(device), images.to(device)
@@ -213,7 +242,9 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     report = {
         "input_size": list(size), "images": len(images), "seed": seed,
         "drop": ids, "placement": placement if sites else None,
-        "adapters": len(sites) + 2 * len(keep) + len(masked) if recover == "practise" else 0,
+        "adapters": len(sites) + 2 * len(keep) + len(masked) + len(factorized)
+        if recover == "practise" else 0,
+        "decouple": {"method": decouple, "convs": factorized} if factorized else None,
         "prune_filters": {"ratio": prune_filters if not isinstance(prune_filters, Mapping)
                           else None, "kept": keep} if keep else None,
         "sparsity": {"target": sparsity, "masked_convs": masked,

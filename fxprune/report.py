@@ -50,6 +50,9 @@ def _scheme(report: dict[str, Any]) -> str:
         kept = pruning["kept"]
         ratio = f"{pruning['ratio']:.0%} of the" if pruning["ratio"] is not None else "the"
         parts.append(f"pruned {ratio} filters of {len(kept)} feature maps (L1 norm)")
+    decoupled = report.get("decouple")
+    if decoupled:
+        parts.append(f"factorized {len(decoupled['convs'])} convs ({decoupled['method']})")
     sparsity = report.get("sparsity")
     if sparsity:
         parts.append(f"masked {len(sparsity['masked_convs'])} convs to "

@@ -45,6 +45,9 @@ def register(commands) -> None:
     parser.add_argument("--prune-filters", type=float, metavar="RATIO",
                         help="prune this fraction of the filters of every prunable feature map "
                              "(L1 norm), e.g. 0.5")
+    parser.add_argument("--decouple", metavar="dwpw|lowrank:E",
+                        help="factorize convs: depthwise + pointwise, or a low-rank pair "
+                             "keeping energy E of the output's PCA (default 0.4)")
     parser.add_argument("--sparsity", type=float, metavar="S",
                         help="mask this fraction of every conv's weights (magnitude), e.g. 0.9; "
                              "the adapters learn inside the mask so its zeros ship")
@@ -123,9 +126,10 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     """The whole command, writing its outputs into ``folder``; returns the report."""
     start = time.perf_counter()
     device = resolve_device(args.device)  # before any work: a typo must not cost a minute
-    if args.drop is None and args.prune_filters is None and args.sparsity is None:
-        raise FxpruneError("nothing to compress: give --drop IDS|rule, --prune-filters RATIO "
-                           "and/or --sparsity S")
+    if all(option is None for option in (args.drop, args.prune_filters, args.sparsity,
+                                         args.decouple)):
+        raise FxpruneError("nothing to compress: give --drop IDS|rule, --prune-filters RATIO, "
+                           "--decouple dwpw|lowrank:E and/or --sparsity S")
     recovery = _recovery_config(args)
     loaded = load_model(args.model, args.weights)
     size = args.input_size or loaded.input_size
@@ -140,6 +144,7 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     placement = args.placement or ("paper" if args.schedule == "layerwise" else "cvpr")
     result = compress(loaded.model, images, size, labels=chosen.labels, drop=args.drop,
                       prune_filters=args.prune_filters, sparsity=args.sparsity,
+                      decouple=args.decouple,
                       placement=placement, recover=args.recover,
                       recovery=recovery, finetune=args.finetune, seed=args.seed,
                       leaf_modules=args.leaf, device=device)

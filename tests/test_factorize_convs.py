@@ -1,0 +1,118 @@
+"""FactorizeConvs: depthwise + pointwise and low-rank pairs — exact where the conv has that
+structure, the adapter between the pair folds exactly, what must not fire, idempotence, and
+recovery of a factorized network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune.adapters import AdapterSite
+from fxprune.errors import FxpruneError, PreconditionError
+from fxprune.models import cifar_resnet
+from fxprune.passes import FactorizeConvs, FoldAdapters, InsertAdapters
+from fxprune.passes.factorize_convs import FACTOR_META, dwpw_pair, factorizable, lowrank_pair
+from fxprune.recovery.fit import FitConfig
+from fxprune.recovery.practise import RecoveryConfig, recover
+from fxprune.tracing import example_input, trace
+from tests.helpers import FP64_ATOL, calibrate_and_randomize, randomize_adapters
+
+SIZE = (3, 16, 16)
+
+
+@pytest.fixture
+def resnet():
+    torch.manual_seed(0)
+    gm = trace(cifar_resnet(20).eval(), SIZE)
+    calibrate_and_randomize(gm, example_input(SIZE, batch=16, seed=3))
+    return gm.double()
+
+
+def test_dwpw_is_exact_for_a_separable_conv():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True).double()
+    pointwise, depthwise = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, 9,
+                                                                               dtype=torch.float64)
+    with torch.no_grad():  # W[:, c] = p_c d_cᵀ: rank 1 per input channel
+        conv.weight.copy_(torch.einsum("oc,ck->ock", pointwise, depthwise).view(6, 4, 3, 3))
+    first, second = dwpw_pair(conv)
+    assert first.groups == 4 and first.stride == (2, 2) and second.kernel_size == (1, 1)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(second(first(x)), conv(x), rtol=0, atol=1e-10)
+
+
+def test_lowrank_at_full_energy_is_exact_and_projects_otherwise():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 8, 3, padding=1).double()
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    outputs = conv(x).detach()
+    first, second = lowrank_pair(conv, outputs, 1.0)
+    torch.testing.assert_close(second(first(x)), outputs, rtol=0, atol=1e-9)
+    small_first, small_second = lowrank_pair(conv, outputs, 0.4)
+    assert small_first.out_channels < 8
+    residual = second(first(x)) - small_second(small_first(x))
+    # the kept part is the projection on the top principal directions: orthogonal residual
+    approx = small_second(small_first(x)) - outputs.mean((0, 2, 3), keepdim=True)
+    assert abs((residual * approx).sum().item()) < 1e-6 * residual.pow(2).sum().item() + 1e-9
+
+
+@pytest.mark.parametrize("method", ["dwpw", "lowrank"])
+def test_adapter_between_the_pair_folds_exactly(resnet, method):
+    images = example_input(SIZE, batch=8, seed=4, dtype=torch.float64)
+    gm = FactorizeConvs(method, energy=0.6, images=images)(trace(resnet, SIZE)).graph_module
+    names = [node.name for node in gm.graph.nodes
+             if node.args and getattr(node.args[0], "meta", {}).get(FACTOR_META)]
+    assert len(names) == 19  # every conv of ResNet-20 is 3x3 (option-A shortcuts have none)
+    gm = InsertAdapters([AdapterSite(name, "input") for name in names])(gm).graph_module
+    randomize_adapters(gm, seed=5, scale=0.3)
+    x = example_input(SIZE, batch=3, seed=6, dtype=torch.float64)
+    expected = gm(x)
+    folded = FoldAdapters()(gm).graph_module
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
+
+
+def test_refusals_and_idempotence(resnet):
+    with pytest.raises(PreconditionError, match="unknown factorization"):
+        FactorizeConvs("svd")
+    with pytest.raises(PreconditionError, match="calibration images"):
+        FactorizeConvs("lowrank")
+    with pytest.raises(PreconditionError, match="cannot factorize 'relu'"):
+        FactorizeConvs("dwpw", ["relu"])(resnet)
+    assert "conv1" in factorizable(resnet, "dwpw")
+    first = FactorizeConvs("dwpw", ["conv1"])(resnet)
+    assert first.modified
+    graph = str(first.graph_module.graph)
+    assert not FactorizeConvs("dwpw", ["conv1"])(first.graph_module).modified
+    assert str(first.graph_module.graph) == graph
+
+
+def test_recovery_of_a_factorized_network(resnet):
+    resnet = resnet.float()
+    teacher = trace(resnet, SIZE)
+    images = example_input(SIZE, batch=24, seed=7)
+    student = FactorizeConvs("dwpw", ["layer1_0_conv1", "layer2_0_conv2"])(
+        trace(resnet, SIZE)).graph_module
+    student = InsertAdapters([AdapterSite("layer1_0_conv1", "input"),
+                              AdapterSite("layer2_0_conv2", "input")])(student).graph_module
+    before = torch.nn.functional.mse_loss(student(images), teacher(images)).item()
+    for config in (RecoveryConfig(init="lstsq", fit=None),
+                   RecoveryConfig(fit=FitConfig(lr=3e-3, max_steps=40, patience=40))):
+        recover(teacher, student, images, config, progress=False)
+    after = torch.nn.functional.mse_loss(FoldAdapters()(student).graph_module(images),
+                                         teacher(images)).item()
+    assert after < 0.7 * before
+
+
+def test_compress_decouple_option():
+    torch.manual_seed(0)
+    model = cifar_resnet(20).eval()
+    images = example_input(SIZE, batch=8, seed=2)
+    result = fxprune.compress(model, images, SIZE, drop=None, decouple="lowrank:0.5",
+                              recovery=RecoveryConfig(init="lstsq", fit=None), progress=False)
+    report = result.report
+    assert report["decouple"]["method"] == "lowrank:0.5" and len(report["decouple"]["convs"]) == 19
+    assert report["compressed"]["macs"] == report["pruned"]["macs"] < report["original"]["macs"]
+    with pytest.raises(FxpruneError, match="not understood"):
+        fxprune.compress(model, images, SIZE, drop=None, decouple="dwpw:0.3", progress=False)
