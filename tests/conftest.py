@@ -3,6 +3,12 @@
 import pytest
 import torch
 
+from fxprune.models import cifar_resnet
+from fxprune.tracing import example_input, trace
+from tests.helpers import calibrate_and_randomize
+
+SMALL_SIZE = (3, 16, 16)  # the input size of ``small_resnet``
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
@@ -13,3 +19,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_resnet():
+    """A traced CIFAR ResNet-20 for 16x16 inputs with calibrated, then perturbed, BN
+    statistics: small enough for unit tests, real enough that folds and fits are not trivial.
+    A fresh copy per test, so tests may rewrite it."""
+    torch.manual_seed(0)
+    gm = trace(cifar_resnet(20).eval(), SMALL_SIZE)
+    calibrate_and_randomize(gm, example_input(SMALL_SIZE, batch=16, seed=3))
+    return gm

@@ -7,7 +7,6 @@ import json
 
 import onnx
 import pytest
-import torch
 
 from fxprune.cli import main
 from fxprune.export import export_onnx

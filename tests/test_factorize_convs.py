@@ -17,17 +17,13 @@ from fxprune.passes.factorize_convs import FACTOR_META, dwpw_pair, factorizable,
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.helpers import FP64_ATOL, calibrate_and_randomize, randomize_adapters
-
-SIZE = (3, 16, 16)
+from tests.conftest import SMALL_SIZE as SIZE
+from tests.helpers import FP64_ATOL, randomize_adapters
 
 
 @pytest.fixture
-def resnet():
-    torch.manual_seed(0)
-    gm = trace(cifar_resnet(20).eval(), SIZE)
-    calibrate_and_randomize(gm, example_input(SIZE, batch=16, seed=3))
-    return gm.double()
+def resnet(small_resnet):
+    return small_resnet.double()
 
 
 def test_dwpw_is_exact_for_a_separable_conv():

@@ -13,7 +13,19 @@ from fxprune.passes import FoldAdapters
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
-from tests.test_recovery import SIZE, _student, images, teacher  # noqa: F401 (fixtures)
+from fxprune.tracing import example_input
+from tests.conftest import SMALL_SIZE
+from tests.test_recovery import _student
+
+
+@pytest.fixture
+def teacher(small_resnet):
+    return small_resnet
+
+
+@pytest.fixture
+def images():
+    return example_input(SMALL_SIZE, batch=24, seed=1)
 
 
 def _random_adapter(channels: int, bias: bool, seed: int) -> Adapter:
@@ -114,7 +126,7 @@ def test_grouped_conv_is_refused():
 
 
 @pytest.mark.parametrize("placement", ["paper", "cvpr"])
-def test_closed_form_recovery_lowers_every_layer_loss(teacher, images, placement):  # noqa: F811
+def test_closed_form_recovery_lowers_every_layer_loss(teacher, images, placement):
     student = _student(teacher, placement)
     reports = recover(teacher, student, images, RecoveryConfig(init="lstsq", fit=None),
                       progress=False)
@@ -131,7 +143,7 @@ def test_closed_form_recovery_lowers_every_layer_loss(teacher, images, placement
     torch.testing.assert_close(folded(images), student(images), rtol=1e-4, atol=1e-4)
 
 
-def test_closed_form_then_gradient_steps_starts_from_the_solution(teacher, images):  # noqa: F811
+def test_closed_form_then_gradient_steps_starts_from_the_solution(teacher, images):
     solved = _student(teacher, "cvpr")
     recover(teacher, solved, images, RecoveryConfig(init="lstsq", fit=None), progress=False)
     both = _student(teacher, "cvpr")

@@ -17,17 +17,13 @@ from fxprune.passes.mask_weights import magnitude_mask
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.helpers import FP64_ATOL, calibrate_and_randomize
-
-SIZE = (3, 16, 16)
+from tests.conftest import SMALL_SIZE as SIZE
+from tests.helpers import FP64_ATOL
 
 
 @pytest.fixture
-def resnet():
-    torch.manual_seed(0)
-    gm = trace(cifar_resnet(20).eval(), SIZE)
-    calibrate_and_randomize(gm, example_input(SIZE, batch=16, seed=3))
-    return gm
+def resnet(small_resnet):
+    return small_resnet
 
 
 def test_magnitude_mask_keeps_the_largest_and_breaks_ties_by_index():

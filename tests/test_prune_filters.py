@@ -20,9 +20,8 @@ from fxprune.passes.prune_filters import keep_counts, l1_kept
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.helpers import FP64_ATOL, calibrate_and_randomize, count_modules, randomize_adapters
-
-SIZE = (3, 16, 16)
+from tests.conftest import SMALL_SIZE as SIZE
+from tests.helpers import FP64_ATOL, count_modules, randomize_adapters
 
 
 class PlainNet(nn.Module):
@@ -42,11 +41,8 @@ class PlainNet(nn.Module):
 
 
 @pytest.fixture
-def resnet():
-    torch.manual_seed(0)
-    gm = trace(cifar_resnet(20).eval(), SIZE)
-    calibrate_and_randomize(gm, example_input(SIZE, batch=16, seed=3))
-    return gm
+def resnet(small_resnet):
+    return small_resnet
 
 
 def test_maps_found_from_the_graph():
