@@ -54,11 +54,13 @@ class Bench:
     def accuracy(self, model) -> float:
         return top1(model, self.test_images, self.test.labels)
 
-    def run(self, images, labels, seed, recover, finetune, scheme):
+    def run(self, images, labels, seed, recover, finetune, scheme, schemes=SCHEMES):
+        """One ``fxprune.compress`` call with the options ``schemes[scheme]``; the compress
+        result and its row (top-1, seconds, MACs)."""
         tick = time.perf_counter()
         result = fxprune.compress(self.loaded.model, images, self.loaded.input_size,
                                   labels=labels, recover=recover, finetune=finetune, seed=seed,
-                                  progress=False, **SCHEMES[scheme])
+                                  progress=False, **schemes[scheme])
         return result, {"top1": self.accuracy(result.model),
                         "seconds": time.perf_counter() - tick,
                         "macs": result.report["compressed"]["macs"]}
