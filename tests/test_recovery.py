@@ -112,3 +112,13 @@ def test_layerwise_refuses_output_side_adapters(teacher, images):
 def test_no_adapters_is_a_noop(teacher, images):
     student = trace(teacher, SIZE)
     assert recover(teacher, student, images, RecoveryConfig(fit=FAST), progress=False) == []
+
+
+def test_recovery_leaves_ordinary_contiguous_tensors(teacher, images):
+    """Training runs channels-last; the student and teacher come back contiguous."""
+    student = _student(teacher, "cvpr")
+    recover(teacher, student, images, RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=2,
+                                                                   patience=2)), progress=False)
+    for module in (student, teacher):
+        assert all(tensor.is_contiguous() for tensor in [*module.parameters(),
+                                                         *module.buffers()])

@@ -41,6 +41,7 @@ the adapters train.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -135,12 +136,28 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
     student.eval()
     if config.fit is not None:
         _check_schedule(teacher, student, config.schedule)
-    reports = _solve_layerwise(teacher, student, images, config, progress) \
-        if config.init == "lstsq" else []
-    if config.fit is None:
-        return reports
-    schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
-    return reports + schedule[config.schedule](teacher, student, images, config, progress)
+    with channels_last(teacher, student):
+        images = images.contiguous(memory_format=torch.channels_last)
+        reports = _solve_layerwise(teacher, student, images, config, progress) \
+            if config.init == "lstsq" else []
+        if config.fit is None:
+            return reports
+        schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
+        return reports + schedule[config.schedule](teacher, student, images, config, progress)
+
+
+@contextmanager
+def channels_last(*modules: nn.Module):
+    """Inside, the modules' 4-D parameters and buffers are channels-last (NHWC in memory):
+    CPU convolutions train about a fifth faster that way. After, they are contiguous again,
+    so the rest of the pipeline (folding, export) sees ordinary tensors."""
+    for module in modules:
+        module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to(memory_format=torch.contiguous_format)
 
 
 def _solve_layerwise(teacher, student, images, config, progress) -> list[StepReport]:
