@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from fxprune.analysis.channels import prunable_maps
 from fxprune.analysis.sites import drop_sites
-from fxprune.analysis.structure import Structure, find_structure
+from fxprune.analysis.structure import Structure, find_structure, stand_in
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.graph import adapter_nodes, conv_of, named_modules, owns_module, parameter_dtype
 from fxprune.macs import count_params, node_macs, total_macs
@@ -111,18 +111,42 @@ def _macs(gm: fx.GraphModule, input_size) -> int:
     return total_macs(node_macs(gm, [example_input(input_size, dtype=parameter_dtype(gm))]))
 
 
-def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int] | None
-                    ) -> dict[str, int]:
-    """Filters kept per producer conv: a ratio pruned from every prunable map, or explicit."""
+def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int] | None,
+                    full_width: set[str] = frozenset()) -> dict[str, int]:
+    """Filters kept per producer conv: a ratio pruned from every prunable map, or explicit.
+    Maps whose chain holds a node of ``full_width`` (stage outputs that stage-wise recovery
+    compares with the teacher's, channel for channel) are left out, or refused by name."""
     if prune_filters is None:
         return {}
-    if isinstance(prune_filters, Mapping):
-        return dict(prune_filters)
     maps = prunable_maps(gm)
+    crossing = {m.producer for m in maps if full_width & set(m.chain)}
+    if isinstance(prune_filters, Mapping):
+        refused = sorted(crossing & set(prune_filters))
+        if refused:
+            raise FxpruneError(f"the maps after {', '.join(refused)} are stage outputs, which "
+                               "stage-wise recovery compares at full width; use --schedule "
+                               "layerwise")
+        return dict(prune_filters)
     if not maps:
         raise FxpruneError("no prunable feature map (conv -> [BN] -> activation -> conv) in "
                            "this network")
-    return keep_counts(maps, float(prune_filters))
+    if len(crossing) == len(maps):
+        raise FxpruneError("every prunable feature map is a stage output here (a plain network "
+                           "such as VGG), which stage-wise recovery compares at full width; "
+                           "use --schedule layerwise")
+    return keep_counts([m for m in maps if m.producer not in crossing], float(prune_filters))
+
+
+def _up_to_last_stage(gm: fx.GraphModule, structure: Structure) -> set[str]:
+    """Names of ``gm``'s nodes up to the last stage output (``structure`` from before any
+    drop; a dropped exit counts where its stand-in is)."""
+    exit_name = stand_in(gm, structure.stages[-1].blocks[-1].exit)
+    names = []
+    for node in gm.graph.nodes:
+        names.append(node.name)
+        if node.name == exit_name:
+            break
+    return set(names)
 
 
 def _parse_decouple(decouple: str) -> tuple[str, float]:
@@ -194,18 +218,31 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
                       "is only pruned, not recovered", FxpruneWarning, stacklevel=2)
         recover = "none"
     student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
-    keep = resolve_pruning(student, prune_filters)
+    config = recovery or RecoveryConfig()
+    stage_outputs = {stand_in(student, stage.blocks[-1].exit) for stage in structure.stages} \
+        if recover == "practise" and config.schedule != "layerwise" else set()
+    keep = resolve_pruning(student, prune_filters, stage_outputs)
     student = PruneFilters(keep)(student).graph_module
+    # stage-wise and joint recovery mimic stage outputs: nothing after the last one can train
+    trainable = _up_to_last_stage(student, structure) if recover == "practise" and \
+        config.schedule != "layerwise" else {node.name for node in student.graph.nodes}
     factorization, factorized = [], []
     if decouple is not None:
         method, energy = _parse_decouple(decouple)
-        without = set(convs_without_adapters(student))
+        without = set(convs_without_adapters(student)) & trainable
         factorized = [name for name in factorizable(student, method) if name in without]
         factorization = [FactorizeConvs(method, factorized, energy, images)]
         student = PassManager([*factorization, InsertAdapters(
             [AdapterSite(name, "input") for name in factorized] if recover == "practise"
             else [])])(student).graph_module
-    masked = convs_without_adapters(student) if sparsity is not None else []
+    masked = [name for name in convs_without_adapters(student) if name in trainable] \
+        if sparsity is not None else []
+    for option, asked, chosen in (("decouple", decouple, factorized),
+                                  ("sparsity", sparsity, masked)):
+        if asked is not None and not chosen:
+            warnings.warn(f"--{option} selects no conv (each must be an ungrouped, zero-padded "
+                          "nn.Conv2d with no adapter next to it, before the last stage output "
+                          "for stage-wise recovery)", FxpruneWarning, stacklevel=2)
     if masked and recover == "none" and finetune != "none":
         raise FxpruneError("finetuning a masked network without recovery would fill the "
                            "mask's zeros; use --recover practise with --sparsity")
@@ -221,7 +258,6 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     labels = labels.to(device) if labels is not None else None
     if recover == "practise":
         tick = time.perf_counter()
-        config = recovery or RecoveryConfig()
         if config.fit is not None:
             config = replace(config, fit=replace(config.fit, seed=seed))
         steps = run_recovery(teacher, student, images, config, progress=progress)

@@ -66,7 +66,7 @@ def lowrank_pair(conv: nn.Conv2d, outputs: torch.Tensor, energy: float
     values, vectors = torch.linalg.eigh(covariance)  # ascending
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
     share = values.cumsum(0) / values.sum().clamp_min(1e-30)
-    rank = int((share < energy - 1e-12).sum()) + 1
+    rank = min(int((share < energy - 1e-12).sum()) + 1, len(values))
     basis = vectors[:, :rank]  # O x r
     weight = conv.weight.detach().double()
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
@@ -93,14 +93,15 @@ def _conv(like: nn.Conv2d, channels: int, out_channels: int, kernel, weight, bia
 
 def factorizable(gm: fx.GraphModule, method: str) -> list[str]:
     """Conv nodes the method applies to: exactly ``nn.Conv2d``, ungrouped, owning their
-    module, with a kernel larger than 1x1 for ``"dwpw"``."""
+    module, zero-padded, with a kernel larger than 1x1 for ``"dwpw"``."""
     modules = named_modules(gm)
     return [node.name for node in gm.graph.nodes if _eligible(gm, node, modules, method)]
 
 
 def _eligible(gm, node, modules, method: str) -> bool:
     conv = foldable_conv(node, modules) if node is not None else None
-    if conv is None or type(conv) is not nn.Conv2d or not owns_module(gm, node):
+    if conv is None or type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" \
+            or not owns_module(gm, node):
         return False
     return method == "lowrank" or max(conv.kernel_size) > 1
 

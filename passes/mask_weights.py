@@ -9,7 +9,8 @@ are buffers. At ``U = I`` it is the magnitude-pruned conv. ``FoldAdapters`` repl
 ``nn.Conv2d`` with weight ``(W * U) ⊙ M`` (computed in float64), so the shipped weight has
 exactly the mask's zeros whatever ``U`` learned.
 
-Fires on every exactly-``nn.Conv2d`` node with ``groups == 1`` whose module it owns, or on the
+Fires on every exactly-``nn.Conv2d`` node with ``groups == 1`` and zero padding whose module
+it owns, or on the
 ``convs`` named; does not fire for convs already masked (idempotent), grouped convs, conv
 subclasses or shared conv modules. Raises ``PreconditionError`` for a sparsity outside [0, 1)
 or a named node that is not such a conv.
@@ -73,4 +74,5 @@ class MaskWeights(PassBase):
     @staticmethod
     def _maskable(gm: fx.GraphModule, node: fx.Node, modules) -> bool:
         conv = foldable_conv(node, modules)
-        return conv is not None and type(conv) is nn.Conv2d and owns_module(gm, node)
+        return conv is not None and type(conv) is nn.Conv2d and conv.padding_mode == "zeros" \
+            and owns_module(gm, node)

@@ -172,3 +172,24 @@ def test_interrupt_leaves_nothing(tmp_path, capsys, monkeypatch):
     code = main(_compress(tmp_path))
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", [".", ".."])
+def test_output_that_would_swallow_the_current_folder(tmp_path, capsys, monkeypatch, where):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep")
+    monkeypatch.chdir(work)
+    argv = _compress(tmp_path, f"--out={where}") + ["--force"]
+    code = main(argv)
+    assert code == 2 and "current folder" in capsys.readouterr().err
+    assert (work / "precious.txt").read_text() == "keep"
+    assert sorted(p.name for p in work.iterdir()) == ["precious.txt"]
+
+
+def test_output_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "out"
+    target.write_text("a file")
+    code = main(_compress(tmp_path) + ["--force"])
+    assert code == 2 and "is not a folder" in capsys.readouterr().err
+    assert target.read_text() == "a file"

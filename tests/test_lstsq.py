@@ -162,3 +162,14 @@ def test_fit_none_needs_the_closed_form():
         RecoveryConfig(fit=None)
     with pytest.raises(ValueError, match="unknown adapter init"):
         RecoveryConfig(init="zeros")
+
+
+def test_adapters_too_wide_for_the_gram_train_by_gradient(teacher, images, monkeypatch):
+    from fxprune.recovery import practise
+    monkeypatch.setattr(practise, "MAX_GRAM_SIDE", 16 * 16)  # stage 1 only (16 channels)
+    student = _student(teacher, "paper")
+    reports = recover(teacher, student, images, RecoveryConfig(init="lstsq", fit=None),
+                      progress=False)
+    solved = [report for report in reports if report.epochs == 0]
+    trained = [report for report in reports if report.epochs > 0]
+    assert solved and trained and len(solved) + len(trained) == len(adapter_nodes(student))

@@ -126,3 +126,16 @@ def test_compress_with_sparsity_reports_the_zeros():
     with pytest.raises(fxprune.FxpruneError, match="fill the mask's zeros"):
         fxprune.compress(model, images, SIZE, drop=None, sparsity=0.9, recover="none",
                          finetune="mse", progress=False)
+
+
+def test_closed_form_recovery_trains_masked_convs_by_gradient(resnet):
+    """The closed form does not cover U; with fit=None it still trains, layer-wise."""
+    teacher = trace(resnet, SIZE)
+    student = MaskWeights(0.9)(trace(resnet, SIZE)).graph_module
+    images = example_input(SIZE, batch=16, seed=7)
+    reports = recover(teacher, student, images, RecoveryConfig(init="lstsq", fit=None),
+                      progress=False)
+    assert len(reports) == 19 and all(report.epochs > 0 for report in reports)
+    modules = named_modules(student)
+    assert all(not torch.equal(modules[node.target].adapter, torch.eye(
+        modules[node.target].in_channels)) for node in masked_nodes(student))

@@ -57,6 +57,8 @@ def test_maps_found_from_the_graph():
     assert len(prunable_maps(vgg)) == 12  # 13 convs; the last feeds the classifier
     mbv2 = fxprune.trace(torchvision.models.mobilenet_v2().eval(), (3, 64, 64))
     assert prunable_maps(mbv2) == []  # expand -> depthwise: the consumer is grouped
+    per_channel_slope = nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(4), nn.Conv2d(4, 4, 3))
+    assert prunable_maps(fxprune.trace(per_channel_slope.eval(), SIZE)) == []
     plain = prunable_maps(fxprune.trace(PlainNet().eval(), SIZE))
     assert [(m.producer, m.batchnorm, len(m.chain), m.consumer) for m in plain] == [
         ("conv1", "bn1", 2, "conv2"), ("conv2", None, 1, "conv3")]

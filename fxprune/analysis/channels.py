@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from fxprune.adapters import Adapter
 from fxprune.analysis.structure import Structure
-from fxprune.graph import foldable_conv, is_activation, module_of, named_modules
+from fxprune.graph import foldable_conv, is_activation, module_of, named_modules, owns_module
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 _POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, torch.max_pool2d}
@@ -45,12 +45,19 @@ def _single_user(node: fx.Node) -> fx.Node | None:
 def _per_channel(node: fx.Node, modules) -> bool:
     if node.op == "call_function" and node.target in _POOL_FUNCTIONS:
         return True
-    return is_activation(node, modules) or isinstance(module_of(node, modules), _POOLS)
+    module = module_of(node, modules)
+    if isinstance(module, nn.PReLU) and module.num_parameters > 1:
+        return False  # one slope per channel: pruning would have to slice it too
+    return is_activation(node, modules) or isinstance(module, _POOLS)
 
 
-def _plain_conv(node: fx.Node | None, modules) -> nn.Conv2d | None:
+def _plain_conv(gm: fx.GraphModule, node: fx.Node | None, modules) -> nn.Conv2d | None:
+    """The conv of ``node`` when it is a plain, ungrouped, zero-padded conv it alone calls."""
     conv = foldable_conv(node, modules) if node is not None else None
-    return None if isinstance(conv, Adapter) else conv
+    if conv is None or isinstance(conv, Adapter) or conv.padding_mode != "zeros" \
+            or not owns_module(gm, node):
+        return None
+    return conv
 
 
 def prunable_maps(gm: fx.GraphModule, structure: Structure | None = None
@@ -62,7 +69,7 @@ def prunable_maps(gm: fx.GraphModule, structure: Structure | None = None
                 for conv in block.convs}
     found: list[PrunableMap] = []
     for node in gm.graph.nodes:
-        producer = _plain_conv(node, modules)
+        producer = _plain_conv(gm, node, modules)
         if producer is None:
             continue
         batchnorm, chain, current = None, [], _single_user(node)
@@ -71,7 +78,7 @@ def prunable_maps(gm: fx.GraphModule, structure: Structure | None = None
         while current is not None and _per_channel(current, modules):
             chain.append(current.name)
             current = _single_user(current)
-        if not chain or _plain_conv(current, modules) is None \
+        if not chain or _plain_conv(gm, current, modules) is None \
                 or current.args[0].name != chain[-1]:
             continue
         found.append(PrunableMap(node.name, batchnorm, tuple(chain), current.name,

@@ -28,6 +28,17 @@ def input_size(text: str) -> tuple[int, int, int]:
     return size
 
 
+def positive_int(text: str) -> int:
+    """argparse type for an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
 MODEL_HELP = ("torchvision:<builder>, cifar:resnet<depth>, path/to/file.py:callable or "
               "package.module:callable")
 
@@ -54,20 +65,27 @@ def load_and_trace(args: argparse.Namespace) -> tuple[LoadedModel, tuple[int, in
 def atomic_output(out: Path, force: bool) -> Iterator[Path]:
     """A staging folder beside ``out``, renamed to ``out`` when the block succeeds and removed
     when it fails or is interrupted: ``out`` is either complete or untouched. An existing
-    ``out`` is refused unless ``force``; an unwritable place fails here, before any work."""
+    ``out`` is refused unless ``force`` (and always when it is not a folder, or is the current
+    folder or one above it); an unwritable place fails here, before any work."""
+    target = out.resolve()
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise FxpruneError(f"output folder {out} is the current folder or contains it; "
+                           "name a new folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise FxpruneError(f"output {out} exists and is not a folder")
     if out.exists() and not force:
         raise FxpruneError(f"output folder {out} exists (use --force to replace it)")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as error:
         raise FxpruneError(f"cannot write output folder {out}: {error.strerror} "
                            f"({error.filename})") from error
     try:
         yield staging
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

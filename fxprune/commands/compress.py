@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fxprune.commands.common import add_model_arguments, atomic_output
+from fxprune.commands.common import add_model_arguments, atomic_output, positive_int
 from fxprune.pipeline import FINETUNES, RECOVERIES, compress, resolve_device
 from fxprune.datasets import open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError
@@ -71,9 +71,9 @@ def register(commands) -> None:
                              "layerwise, where it is as accurate and 3x faster)")
     parser.add_argument("--device", default="cpu",
                         help="where recovery and finetuning run: cpu (default), cuda, cuda:N")
-    parser.add_argument("--bench-batch", type=int, default=1, metavar="B",
+    parser.add_argument("--bench-batch", type=positive_int, default=1, metavar="B",
                         help="batch size of the report's ONNX Runtime latencies (default 1)")
-    parser.add_argument("--bench-threads", type=int, default=1, metavar="T",
+    parser.add_argument("--bench-threads", type=positive_int, default=1, metavar="T",
                         help="ONNX Runtime threads for the report's latencies (default 1)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--force", action="store_true", help="replace an existing --out folder")

@@ -75,12 +75,17 @@ def run(args: argparse.Namespace) -> int:
 def summary(report: dict, out: Path) -> str:
     original, pruned, shipped = report["original"], report["pruned"], report["compressed"]
     latency = report["latency"]
+
+    def accuracy(row: dict) -> str:  # an unlabelled --data pool has no top-1
+        return f"{row['top1']:.2f}%" if row["top1"] is not None else \
+            f"{row['agreement']:.2f}% agreement"
+
     return "\n".join([
         f"dropped blocks {', '.join(report['drop'])}; {report['adapters']} adapters trained "
         "and folded away",
         f"top-1 on {report['evaluation']['images']} test images: original "
-        f"{original['top1']:.2f}% -> dropped, no recovery {pruned['top1']:.2f}% -> recovered "
-        f"{shipped['top1']:.2f}%",
+        f"{accuracy(original)} -> dropped, no recovery {accuracy(pruned)} -> recovered "
+        f"{accuracy(shipped)}",
         f"MACs {original['macs'] / 1e6:.2f}M -> {shipped['macs'] / 1e6:.2f}M "
         f"(x{shipped['macs'] / original['macs']:.3f})",
         f"ONNX Runtime latency (batch {latency['batch']}, {latency['threads']} thread): "

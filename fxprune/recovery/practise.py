@@ -27,8 +27,9 @@ masked conv (``MaskWeights``; the closed form does not cover it).
 least-squares optimum of its own layer-wise objective (``fxprune.recovery.lstsq``): an adapter
 before conv ``c`` so that ``c``'s output matches the teacher's, an adapter after conv ``c`` so
 that its output matches the teacher's ``c`` output. With ``fit=None`` that is the whole
-recovery (closed-form layer-wise, no gradient step); otherwise the schedule's gradient steps
-start from there.
+recovery for those adapters, and what the closed form does not cover (masked convs, a pruned
+map's shrinking adapter and BN, adapters too wide for the Gram) trains layer-wise with
+``CLOSED_FORM_FALLBACK``; otherwise the schedule's gradient steps start from there.
 
 A student node is paired with the teacher node of the same name; where a dropped block's
 output was, ``stand_in`` names the student node that carries that value now.
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import fx, nn
@@ -58,6 +59,12 @@ from fxprune.recovery.segments import run_batched, segment
 
 SCHEDULES = ("joint", "stagewise", "layerwise")
 INITS = ("identity", "lstsq")
+# Side of the largest closed-form Gram solved (64 channels and a bias: 4160² float64, 138 MB);
+# larger adapters train by gradient instead.
+MAX_GRAM_SIDE = 64 * 65
+# Gradient steps, layer-wise, for what the closed form leaves (fit=None): masked convs, the
+# shrinking adapter and BN of a pruned map, adapters too wide for the Gram.
+CLOSED_FORM_FALLBACK = FitConfig(lr=1e-3, max_steps=300, patience=20)
 
 
 @dataclass(frozen=True)
@@ -138,10 +145,12 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
         _check_schedule(teacher, student, config.schedule)
     with channels_last(teacher, student):
         images = images.contiguous(memory_format=torch.channels_last)
-        reports = _solve_layerwise(teacher, student, images, config, progress) \
-            if config.init == "lstsq" else []
-        if config.fit is None:
-            return reports
+        reports, solved = _solve_layerwise(teacher, student, images, config, progress) \
+            if config.init == "lstsq" else ([], set())
+        if config.fit is None:  # what the closed form does not cover still trains, layer-wise
+            uncovered = {node.name for node in recovery_nodes(student)} - solved
+            fallback = replace(config, fit=CLOSED_FORM_FALLBACK)
+            return reports + _layerwise(teacher, student, images, fallback, progress, uncovered)
         schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
         return reports + schedule[config.schedule](teacher, student, images, config, progress)
 
@@ -160,16 +169,28 @@ def channels_last(*modules: nn.Module):
             module.to(memory_format=torch.contiguous_format)
 
 
-def _solve_layerwise(teacher, student, images, config, progress) -> list[StepReport]:
-    """Every adapter at its closed-form layer-wise optimum, in topological order (each one
-    sees the student's features with the earlier adapters already solved). The shrinking
-    adapter of a pruned map keeps its L1 selection (its output has no teacher counterpart);
-    the growing one is solved so that the consumer's output matches the teacher's."""
+def _closed_form(node: fx.Node, modules) -> bool:
+    """Whether the closed form covers this adapter: not a pruned map's shrinking adapter
+    (its output has no teacher counterpart), and before a conv only when that conv is
+    ungrouped, zero-padded and the Gram (C·C')² stays small."""
+    site = node.meta[ADAPTER_META]
+    if site.side == "output":
+        return PRUNE_GROUP_META not in node.meta
+    conv = conv_of(next(iter(node.users)), modules)
+    adapter = modules[node.target]
+    return conv.groups == 1 and conv.padding_mode == "zeros" and \
+        conv.in_channels * (adapter.in_channels + (adapter.bias is not None)) <= MAX_GRAM_SIDE
+
+
+def _solve_layerwise(teacher, student, images, config, progress
+                     ) -> tuple[list[StepReport], set[str]]:
+    """Every adapter the closed form covers at its layer-wise optimum, in topological order
+    (each one sees the student's features with the earlier adapters already solved); the
+    reports and the names of the adapters solved."""
     modules = named_modules(student)
     nodes = {node.name: node for node in student.graph.nodes}
     reports: list[StepReport] = []
-    solvable = [node for node in adapter_nodes(student) if not (
-        PRUNE_GROUP_META in node.meta and node.meta[ADAPTER_META].side == "output")]
+    solvable = [node for node in adapter_nodes(student) if _closed_form(node, modules)]
     for adapter in tqdm(solvable, desc="solve adapters", leave=False,
                         disable=not progress or None):
         start = time.perf_counter()
@@ -190,7 +211,7 @@ def _solve_layerwise(teacher, student, images, config, progress) -> list[StepRep
         after = _losses(module, features, [target], config.eval_batch_size)
         reports.append(StepReport(compared, [adapter.name], before, after, 0,
                                   time.perf_counter() - start))
-    return reports
+    return reports, {node.name for node in solvable}
 
 
 def _stage_targets(teacher, student, images, config):
@@ -287,11 +308,14 @@ def _layer_groups(student: fx.GraphModule) -> list[tuple[list[fx.Node], str, str
     return groups
 
 
-def _layerwise(teacher, student, images, config, progress) -> list[StepReport]:
+def _layerwise(teacher, student, images, config, progress, only: set[str] | None = None
+               ) -> list[StepReport]:
+    """Layer-wise steps; with ``only``, just the steps that train one of those nodes."""
     source = _input_name(student)
     reports: list[StepReport] = []
-    groups = tqdm(_layer_groups(student), desc="recover layers", leave=False,
-                  disable=not progress or None)
+    chosen = [group for group in _layer_groups(student)
+              if only is None or any(node.name in only for node in group[0])]
+    groups = tqdm(chosen, desc="recover layers", leave=False, disable=not progress or None)
     for members, start, conv in groups:
         features = run_batched(segment(student, [source], [start]), [images],
                                config.eval_batch_size)[0]
