@@ -8,7 +8,8 @@ For a conv ``W`` (O x C x k x k, bias ``b``):
   rank-1 approximation ``σ u vᵀ`` (SVD): the depthwise kernel of channel ``c`` is ``√σ v``,
   column ``c`` of the pointwise conv is ``√σ u``; ``b`` goes to the pointwise conv. MACs go
   from O·C·k² to C·k² + O·C per output pixel.
-* ``"lowrank"``: with ``Y = W * x + b`` on the calibration images, mean ``μ`` and the
+* ``"lowrank"``: with ``Y = W * x + b`` on the calibration images (statistics accumulated
+  batch by batch), mean ``μ`` and the
   eigenvectors ``V`` (O x r) of the covariance of ``Y`` for the smallest ``r`` whose
   eigenvalues hold ``energy`` of the total: ``first = Vᵀ W`` (bias ``Vᵀ(b − μ)``, the conv's
   geometry) and ``second`` = the 1x1 conv ``V`` (bias ``μ``), so ``second(first(x))`` is the
@@ -34,7 +35,7 @@ from torch import fx, nn
 from fxprune.errors import PreconditionError
 from fxprune.graph import foldable_conv, named_modules, owns_module
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.recovery.segments import as_list, segment
 from fxprune.rewrite import replace_module, unique_module_name
 
 METHODS = ("dwpw", "lowrank")
@@ -57,16 +58,34 @@ def dwpw_pair(conv: nn.Conv2d) -> tuple[nn.Conv2d, nn.Conv2d]:
     return first, second
 
 
-def lowrank_pair(conv: nn.Conv2d, outputs: torch.Tensor, energy: float
+class OutputStatistics:
+    """Running mean and covariance of a conv's outputs over channels, batch by batch."""
+
+    def __init__(self):
+        self.count, self.total, self.products = 0, 0.0, 0.0
+
+    def add(self, outputs: torch.Tensor) -> None:
+        flat = outputs.detach().double().transpose(0, 1).flatten(1)  # O x (B·H·W)
+        self.count += flat.shape[1]
+        self.total = self.total + flat.sum(1)
+        self.products = self.products + flat @ flat.T
+
+    def mean_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.total / self.count
+        return mean, self.products / self.count - torch.outer(mean, mean)
+
+
+def lowrank_pair(conv: nn.Conv2d, statistics: OutputStatistics, energy: float
                  ) -> tuple[nn.Conv2d, nn.Conv2d]:
-    """The PCA pair of ``conv`` from its ``outputs`` (N x O x H x W) on calibration images."""
-    flat = outputs.double().transpose(0, 1).flatten(1)  # O x (N·H·W)
-    mean = flat.mean(1)
-    covariance = torch.cov(flat)
+    """The PCA pair of ``conv`` from the statistics of its outputs on calibration images."""
+    mean, covariance = statistics.mean_covariance()
     values, vectors = torch.linalg.eigh(covariance)  # ascending
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-    share = values.cumsum(0) / values.sum().clamp_min(1e-30)
-    rank = min(int((share < energy - 1e-12).sum()) + 1, len(values))
+    if values.sum() <= 0:  # constant outputs: one component (the mean does the rest)
+        rank = 1
+    else:
+        share = values.cumsum(0) / values.sum()
+        rank = min(int((share < energy - 1e-12).sum()) + 1, len(values))
     basis = vectors[:, :rank]  # O x r
     weight = conv.weight.detach().double()
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
@@ -149,11 +168,16 @@ class FactorizeConvs(PassBase):
             gm.recompile()
         return PassResult(gm, bool(chosen))
 
-    def _outputs(self, gm, chosen) -> dict[str, torch.Tensor]:
-        """Each chosen conv's outputs on the calibration images (low-rank only)."""
+    @torch.no_grad()
+    def _outputs(self, gm, chosen) -> dict[str, OutputStatistics]:
+        """Each chosen conv's output statistics on the calibration images (low-rank only),
+        accumulated batch by batch: memory does not grow with the number of images."""
         if self.method != "lowrank" or not chosen:
             return {}
         source = next(node.name for node in gm.graph.nodes if node.op == "placeholder")
-        values = run_batched(segment(gm, [source], [node.name for node in chosen]),
-                             [self.images], 64)
-        return {node.name: value for node, value in zip(chosen, values)}
+        network = segment(gm, [source], [node.name for node in chosen])
+        statistics = {node.name: OutputStatistics() for node in chosen}
+        for begin in range(0, len(self.images), 16):
+            for node, value in zip(chosen, as_list(network(self.images[begin:begin + 16]))):
+                statistics[node.name].add(value)
+        return statistics

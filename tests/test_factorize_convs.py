@@ -13,7 +13,8 @@ from fxprune.adapters import AdapterSite
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.models import cifar_resnet
 from fxprune.passes import FactorizeConvs, FoldAdapters, InsertAdapters
-from fxprune.passes.factorize_convs import FACTOR_META, dwpw_pair, factorizable, lowrank_pair
+from fxprune.passes.factorize_convs import (FACTOR_META, OutputStatistics, dwpw_pair,
+                                            factorizable, lowrank_pair)
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
@@ -44,9 +45,12 @@ def test_lowrank_at_full_energy_is_exact_and_projects_otherwise():
     conv = nn.Conv2d(3, 8, 3, padding=1).double()
     x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
     outputs = conv(x).detach()
-    first, second = lowrank_pair(conv, outputs, 1.0)
+    statistics = OutputStatistics()
+    for half in outputs.split(3):  # accumulated batch by batch
+        statistics.add(half)
+    first, second = lowrank_pair(conv, statistics, 1.0)
     torch.testing.assert_close(second(first(x)), outputs, rtol=0, atol=1e-9)
-    small_first, small_second = lowrank_pair(conv, outputs, 0.4)
+    small_first, small_second = lowrank_pair(conv, statistics, 0.4)
     assert small_first.out_channels < 8
     residual = second(first(x)) - small_second(small_first(x))
     # the kept part is the projection on the top principal directions: orthogonal residual
@@ -112,3 +116,11 @@ def test_compress_decouple_option():
     assert report["compressed"]["macs"] == report["pruned"]["macs"] < report["original"]["macs"]
     with pytest.raises(FxpruneError, match="not understood"):
         fxprune.compress(model, images, SIZE, drop=None, decouple="dwpw:0.3", progress=False)
+
+
+def test_lowrank_of_a_constant_output_keeps_one_component():
+    conv = nn.Conv2d(2, 6, 1).double()
+    statistics = OutputStatistics()
+    statistics.add(torch.ones(2, 6, 3, 3, dtype=torch.float64))
+    first, second = lowrank_pair(conv, statistics, 0.4)
+    assert first.out_channels == 1 and second.out_channels == 6
