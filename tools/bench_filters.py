@@ -38,7 +38,7 @@ DROP = ["1.2", "1.4", "1.6", "1.8", "2.2", "2.4", "2.6", "2.8", "3.2", "3.4", "3
 SCHEMES = {"filters 50%": dict(drop=None, prune_filters=0.5),
            "13 blocks": dict(drop=DROP, prune_filters=None)}
 RESULTS = ROOT / "tools" / "results" / "cifar_resnet56_filter"
-COMMAND = "`.venv/bin/python tools/bench_filters.py`"
+COMMAND = "`.venv/bin/python tools/bench_filters.py --threads 1`"
 
 
 class Bench:

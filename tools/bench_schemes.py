@@ -32,7 +32,7 @@ RESULTS = ROOT / "tools" / "results" / "cifar_resnet56_schemes"
 
 def summarize(results: dict) -> str:
     lines = ["# CIFAR-10 ResNet-56: decoupling, low-rank and unstructured masks, 50 images", "",
-             "`.venv/bin/python tools/bench_schemes.py` — top-1 % on the 1,017 lossless test "
+             f"`{results['command']}` — top-1 % on the 1,017 lossless test "
              "images, mean ± std over seeds (n); seconds of the whole compression.", "",
              f"Original {results['original']:.2f}.", "",
              "| scheme | MAC ratio | method | n | top-1 | seconds |", "|---|---|---|---|---|---|"]
@@ -60,6 +60,8 @@ def main(argv=None) -> None:
     json_path, md_path = RESULTS.with_suffix(".json"), RESULTS.with_suffix(".md")
     results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": {}}
     bench = Bench()
+    results["command"] = " ".join([".venv/bin/python", "tools/bench_schemes.py",
+                                   *(argv if argv is not None else sys.argv[1:])])
     results["original"] = bench.accuracy(bench.loaded.model)
     for seed in args.seeds:
         chosen = sample(bench.pool, per_class=5, seed=seed)
