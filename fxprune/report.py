@@ -66,8 +66,9 @@ def render_report(report: dict[str, Any], plot: str | None = None) -> str:
         f"# fxprune compress: {report.get('model', 'model')}",
         "",
         _scheme(report) + f"; recovery `{report['recover']}`"
-        + (f" ({report['schedule']}, {report['adapters']} adapters at `{report['placement']}` "
-           "sites)" if report["adapters"] else "")
+        + (f" ({report['schedule']}, {report['adapters']} adapters"
+           + (f", block-drop adapters at `{report['placement']}` sites" if report["placement"]
+              else "") + ")" if report["adapters"] else "")
         + f"; finetune `{report['finetune']}`; {report['images']} tiny-set images, "
           f"seed {report['seed']}.",
         "",
