@@ -132,8 +132,8 @@ def summarize(results: dict) -> str:
                          if key.startswith(f"{scheme}/{size}/") and method in rows]
                 if cells:
                     lines.append(f"| {size} | {method} | {len(cells)} | "
-                                 f"{_mean_std([c['lossless'] for c in cells])} | "
-                                 f"{_mean_std([c['jpeg'] for c in cells])} | "
+                                 f"{mean_std([c['lossless'] for c in cells])} | "
+                                 f"{mean_std([c['jpeg'] for c in cells])} | "
                                  f"{_seconds(cells)} |")
         lines.append("")
     return "\n".join(lines)
@@ -146,7 +146,8 @@ def _seconds(cells: list[dict]) -> str:
     return f"{statistics.mean(cell['seconds'] for cell in cells):.0f}{note}"
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """'mean ± sample std' (std 0 for one value), two decimals."""
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 

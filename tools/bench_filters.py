@@ -32,6 +32,7 @@ from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import top1  # noqa: E402
 from fxprune.export import export_onnx  # noqa: E402
 from fxprune.latency import bench_input, onnx_runner, time_interleaved  # noqa: E402
+from tools.bench_cifar import mean_std  # noqa: E402
 
 DROP = ["1.2", "1.4", "1.6", "1.8", "2.2", "2.4", "2.6", "2.8", "3.2", "3.4", "3.6", "3.8",
         "3.9"]
@@ -126,9 +127,8 @@ def summarize(results: dict) -> str:
             if not runs:
                 continue
             accuracies = [run["top1"] for run in runs]
-            spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
             mean = statistics.mean(accuracies)
-            lines.append(f"| {size} | {method} | {len(runs)} | {mean:.2f} ± {spread:.2f} | "
+            lines.append(f"| {size} | {method} | {len(runs)} | {mean_std(accuracies)} | "
                          f"{original - mean:.2f} | "
                          f"{statistics.mean(run['seconds'] for run in runs):.0f} |")
     if "latency" in results:

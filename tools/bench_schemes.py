@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fxprune.datasets import sample  # noqa: E402
+from tools.bench_cifar import mean_std  # noqa: E402
 from tools.bench_filters import Bench  # noqa: E402
 
 SCHEMES = {"dwpw": dict(drop=None, decouple="dwpw"),
@@ -42,10 +43,8 @@ def summarize(results: dict) -> str:
                     if key.startswith(f"{scheme}/") and method in cell]
             if not runs:
                 continue
-            accuracies = [run["top1"] for run in runs]
-            spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
             lines.append(f"| {scheme} | {runs[0]['macs'] / results['macs']:.3f} | {method} | "
-                         f"{len(runs)} | {statistics.mean(accuracies):.2f} ± {spread:.2f} | "
+                         f"{len(runs)} | {mean_std([run['top1'] for run in runs])} | "
                          f"{statistics.mean(run['seconds'] for run in runs):.0f} |")
     return "\n".join(lines) + "\n"
 
