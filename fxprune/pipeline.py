@@ -32,6 +32,7 @@ from fxprune.passes.factorize_convs import factorizable
 from fxprune.passes.prune_filters import keep_counts
 from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune
 from fxprune.recovery.practise import RecoveryConfig, recover as run_recovery
+from fxprune.selection import SelectionConfig, select_blocks
 from fxprune.tracing import example_input, trace
 
 RECOVERIES = ("practise", "none")
@@ -162,6 +163,21 @@ def _parse_decouple(decouple: str) -> tuple[str, float]:
     return method, value
 
 
+def _auto_selection(teacher, images, size, drop, budget, selection, progress):
+    """The blocks ``select_blocks`` chooses when ``drop == "auto"``; None otherwise."""
+    if drop != "auto":
+        if budget is not None or selection is not None:
+            raise FxpruneError("a latency budget applies only to --drop auto")
+        return None
+    if budget is None and selection is None:
+        raise FxpruneError("--drop auto needs a latency budget: --budget R, e.g. 0.8 for at "
+                           "most 80% of the original's ONNX Runtime latency")
+    config = selection or SelectionConfig(budget)
+    if budget is not None:
+        config = replace(config, budget=budget)
+    return select_blocks(teacher, images.cpu(), size, config, progress)
+
+
 def convs_without_adapters(gm: fx.GraphModule) -> list[str]:
     """Ungrouped plain convs with no adapter as producer or consumer."""
     modules = named_modules(gm)
@@ -186,11 +202,15 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
              placement: str = "cvpr", recover: str = "practise",
              recovery: RecoveryConfig | None = None, finetune: str = "none",
              finetuning: FinetuneConfig | None = None, seed: int = 0,
+             budget: float | None = None, selection: SelectionConfig | None = None,
              leaf_modules: Sequence[type | str] = (), progress: bool = True,
              device: str | torch.device = "cpu") -> CompressResult:
     """Compress ``model`` (left untouched) using the normalised NCHW ``images``.
 
-    ``drop`` names blocks (``"rule"``, ``"1.2,2.2"``, a list, or None); ``prune_filters``
+    ``drop`` names blocks (``"rule"``, ``"1.2,2.2"``, a list, or None), or is ``"auto"``: the
+    blocks are chosen so that the ONNX Runtime latency is at most ``budget`` times the
+    original's (``selection`` sets the strategy, batch and threads; ``fxprune.selection``);
+    ``prune_filters``
     prunes a fraction of every prunable feature map's filters (L1 norm), or keeps the given
     count per producer conv name; ``sparsity`` masks that fraction of the weights of every
     conv (magnitude), except convs next to an adapter, which stay dense (folding an adapter
@@ -210,6 +230,8 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     teacher = trace(model, size, leaf_modules).eval()
     student = trace(model, size, leaf_modules).eval()
     structure = find_structure(student)
+    auto = _auto_selection(teacher, images, size, drop, budget, selection, progress)
+    drop = auto.blocks if auto is not None else drop
     others = prune_filters is not None or sparsity is not None or decouple is not None
     ids = resolve_drop(structure, drop, required=not others)
     sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
@@ -277,7 +299,8 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     phases["fold"] = time.perf_counter() - tick
     report = {
         "input_size": list(size), "images": len(images), "seed": seed,
-        "drop": ids, "placement": placement if sites else None,
+        "drop": ids, "auto": auto.as_report() if auto is not None else None,
+        "placement": placement if sites else None,
         "adapters": len(sites) + 2 * len(keep) + len(masked) + len(factorized)
         if recover == "practise" else 0,
         "decouple": {"method": decouple, "convs": factorized} if factorized else None,

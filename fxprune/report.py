@@ -60,6 +60,27 @@ def _scheme(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _auto_section(auto: dict[str, Any]) -> list[str]:
+    """How ``--drop auto`` chose: the budget, the check, every candidate's scores."""
+    lines = [f"## Automatic block choice ({auto['strategy']})", "",
+             f"Budget: latency x{auto['budget']} of the original's {auto['original_ms']:.3f} ms; "
+             f"chosen {', '.join(auto['blocks'])}: predicted x{auto['predicted_ratio']:.3f} "
+             f"from the blocks' own latencies, measured x{auto['measured_ratio']:.3f}; "
+             f"recoverability of the set {auto['recoverability']:.4g} ({auto['evaluations']} "
+             f"brief recoveries, {auto['seconds']:.0f} s).", "",
+             "Recoverability: pre-pooling feature MSE relative to the teacher's after a brief "
+             "adapter recovery (lower is better); marginal: its increase when added to the "
+             "blocks chosen before.", "",
+             "| block | ms saved | alone | marginal | round | why |", "|---|---|---|---|---|---|"]
+    for candidate in sorted(auto["candidates"],
+                            key=lambda c: (c["round"] is None, c["round"] or 0, c["block"])):
+        marginal = "" if candidate["marginal"] is None else f"{candidate['marginal']:.4g}"
+        lines.append(f"| {candidate['block']} | {candidate['saved_ms']:.3f} | "
+                     f"{candidate['alone']:.4g} | {marginal} | {candidate['round'] or ''} | "
+                     f"{candidate['reason']} |")
+    return lines
+
+
 def render_report(report: dict[str, Any], plot: str | None = None) -> str:
     original = report["original"]
     lines = [
@@ -98,6 +119,8 @@ def render_report(report: dict[str, Any], plot: str | None = None) -> str:
     if "onnx_max_abs_diff" in report:
         lines.append(f"ONNX Runtime vs PyTorch max abs difference: "
                      f"{report['onnx_max_abs_diff']:.2e}.")
+    if report.get("auto"):
+        lines += ["", *_auto_section(report["auto"])]
     if plot:
         lines += ["", f"![accuracy vs latency]({plot})"]
     return "\n".join(lines) + "\n"

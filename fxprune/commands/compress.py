@@ -26,6 +26,7 @@ from fxprune.models import load_model
 from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
 from fxprune.report import write_report
 from fxprune.saving import MODEL_FILE
+from fxprune.selection import STRATEGIES, SelectionConfig
 
 LATENCY_BUDGET_S = 20.0  # the report's latencies are a guide; `fxprune bench` measures properly
 
@@ -40,8 +41,15 @@ def register(commands) -> None:
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--images", type=int, metavar="N", help="number of tiny-set images")
     size.add_argument("--shots", type=int, metavar="K", help="images per class (labelled pools)")
-    parser.add_argument("--drop", metavar="IDS|rule",
-                        help="block ids such as 1.2,2.2, or 'rule' (2nd block of every stage)")
+    parser.add_argument("--drop", metavar="IDS|rule|auto",
+                        help="block ids such as 1.2,2.2, 'rule' (2nd block of every stage), or "
+                             "'auto' (chosen under --budget)")
+    parser.add_argument("--budget", type=float, metavar="R",
+                        help="with --drop auto: ONNX Runtime latency at most R x the "
+                             "original's, at --batch and --threads")
+    parser.add_argument("--select", choices=STRATEGIES, default="greedy",
+                        help="with --drop auto: re-score the chosen set each round (greedy, "
+                             "default) or rank blocks scored alone")
     parser.add_argument("--prune-filters", type=float, metavar="RATIO",
                         help="prune this fraction of the filters of every prunable feature map "
                              "(L1 norm), e.g. 0.5")
@@ -71,10 +79,12 @@ def register(commands) -> None:
                              "layerwise, where it is as accurate and 3x faster)")
     parser.add_argument("--device", default="cpu",
                         help="where recovery and finetuning run: cpu (default), cuda, cuda:N")
-    parser.add_argument("--bench-batch", type=positive_int, default=1, metavar="B",
-                        help="batch size of the report's ONNX Runtime latencies (default 1)")
-    parser.add_argument("--bench-threads", type=positive_int, default=1, metavar="T",
-                        help="ONNX Runtime threads for the report's latencies (default 1)")
+    parser.add_argument("--bench-batch", "--batch", type=positive_int, default=1, metavar="B",
+                        help="batch size of the ONNX Runtime latencies: the report's and "
+                             "--drop auto's (default 1)")
+    parser.add_argument("--bench-threads", "--threads", type=positive_int, default=1, metavar="T",
+                        help="ONNX Runtime threads for the report's latencies and --drop auto "
+                             "(default 1)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--force", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(run=run)
@@ -122,6 +132,18 @@ def _recovery_config(args: argparse.Namespace) -> RecoveryConfig:
     return replace(default, schedule=args.schedule, init=init, fit=fit)
 
 
+def _selection_config(args: argparse.Namespace) -> SelectionConfig | None:
+    if args.drop != "auto":
+        if args.budget is not None:
+            raise FxpruneError("--budget applies only to --drop auto")
+        return None
+    if args.budget is None:
+        raise FxpruneError("--drop auto needs --budget R, e.g. --budget 0.8 for at most 80% "
+                           "of the original's ONNX Runtime latency")
+    return SelectionConfig(args.budget, strategy=args.select, batch=args.bench_batch,
+                           threads=args.bench_threads)
+
+
 def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     """The whole command, writing its outputs into ``folder``; returns the report."""
     start = time.perf_counter()
@@ -131,6 +153,7 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
         raise FxpruneError("nothing to compress: give --drop IDS|rule, --prune-filters RATIO, "
                            "--decouple dwpw|lowrank:E and/or --sparsity S")
     recovery = _recovery_config(args)
+    selection = _selection_config(args)
     loaded = load_model(args.model, args.weights)
     size = args.input_size or loaded.input_size
     chosen, rest = split_pool(open_pool(args.data), n=args.images, per_class=args.shots,
@@ -144,7 +167,7 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     placement = args.placement or ("paper" if args.schedule == "layerwise" else "cvpr")
     result = compress(loaded.model, images, size, labels=chosen.labels, drop=args.drop,
                       prune_filters=args.prune_filters, sparsity=args.sparsity,
-                      decouple=args.decouple,
+                      decouple=args.decouple, selection=selection,
                       placement=placement, recover=args.recover,
                       recovery=recovery, finetune=args.finetune, seed=args.seed,
                       leaf_modules=args.leaf, device=device)

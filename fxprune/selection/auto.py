@@ -1,0 +1,199 @@
+"""Choose the blocks to drop so the network meets a latency budget and recovers best.
+
+Given a budget ``R`` (the compressed model's ONNX Runtime latency at most ``R`` times the
+original's, at the user's batch and threads):
+
+1. every droppable block's own latency ``t_b`` is measured (``block_latency``; cached);
+2. every block is scored alone: ``r_b`` = recoverability of dropping ``b`` alone, and its cost
+   per millisecond saved is ``r_b / t_b``;
+3. ``"alone"`` (what the CVPR'23 code does) drops the blocks of lowest ``r_b / t_b`` until the
+   savings reach ``(1 - R)`` of the original latency. ``"greedy"`` (the default) builds the set
+   one block at a time: each round re-scores the ``shortlist`` best-ranked remaining blocks
+   *together with the blocks already chosen* and takes the one whose marginal
+   ``(r(S + b) - r(S)) / t_b`` is lowest, so two blocks that are harmless alone but not
+   together (adjacent blocks, a stage emptied) are not both taken on their solo scores;
+4. the chosen set is checked by timing the whole pruned network against the original,
+   interleaved; while it misses the budget the next-ranked block is added.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import fx
+from tqdm.auto import tqdm
+
+from fxprune.analysis.structure import find_structure
+from fxprune.errors import FxpruneError
+from fxprune.export import export_onnx
+from fxprune.latency import bench_input, onnx_runner, time_interleaved
+from fxprune.passes import DropBlocks
+from fxprune.recovery.practise import RecoveryConfig
+from fxprune.selection.block_latency import LatencyCache, block_latencies
+from fxprune.selection.recoverability import BRIEF_RECOVERY, Recoverability
+
+STRATEGIES = ("greedy", "alone")
+MAX_EXTRA_BLOCKS = 3  # blocks added when the measured latency misses the budget
+CHECK_BUDGET_S = 20.0
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    budget: float  # latency ratio R in (0, 1)
+    strategy: str = "greedy"
+    batch: int = 1
+    threads: int = 1
+    shortlist: int = 3
+    score_images: int = 128  # the first images of the tiny set score the candidates
+    recovery: RecoveryConfig = BRIEF_RECOVERY
+    placement: str = "cvpr"
+    cache: str | Path | None = None  # None: the default cache file; see block_latency
+
+    def __post_init__(self):
+        if not 0 < self.budget < 1:
+            raise FxpruneError(f"latency budget must be a ratio in (0, 1), not {self.budget}")
+        if self.strategy not in STRATEGIES:
+            raise FxpruneError(f"unknown selection strategy '{self.strategy}' "
+                               f"(use {', '.join(STRATEGIES)})")
+        if self.shortlist < 1 or self.score_images < 1:
+            raise FxpruneError("shortlist and score_images must be at least 1")
+
+
+@dataclass
+class Candidate:
+    block: str
+    saved_ms: float  # the block's own latency
+    alone: float  # recoverability of dropping it alone
+    marginal: float | None = None  # r(chosen + it) - r(chosen) when it was last re-scored
+    round: int | None = None  # 1-based round it was chosen in, None if not chosen
+    reason: str = ""
+
+    @property
+    def cost(self) -> float:
+        return self.alone / self.saved_ms
+
+
+@dataclass
+class Selection:
+    blocks: list[str]
+    strategy: str
+    budget: float
+    original_ms: float
+    predicted_ratio: float  # from the blocks' own latencies
+    measured_ratio: float  # the pruned network against the original, timed interleaved
+    recoverability: float  # of the chosen set
+    candidates: list[Candidate] = field(default_factory=list)
+    evaluations: int = 0
+    timed_blocks: int = 0  # distinct blocks timed (0: all from the cache)
+    seconds: float = 0.0
+
+    def as_report(self) -> dict:
+        return asdict(self)
+
+
+def _whole_ratio(teacher: fx.GraphModule, ids: Sequence[str], input_size, batch: int,
+                 threads: int, scratch: Path) -> tuple[float, float]:
+    """(pruned / original median latency, original ms), timed interleaved."""
+    pruned = DropBlocks(list(ids))(copy.deepcopy(teacher)).graph_module
+    paths = [export_onnx(model, input_size, scratch / f"{name}.onnx")
+             for name, model in (("original", teacher), ("pruned", pruned))]
+    inputs = bench_input(input_size, batch)
+    original, candidate = time_interleaved([onnx_runner(path, inputs, threads)
+                                            for path in paths], warmup=3, repeats=40,
+                                           budget_s=CHECK_BUDGET_S)
+    return candidate.median_ms / original.median_ms, original.median_ms
+
+
+def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Sequence[int],
+                  config: SelectionConfig, progress: bool = True,
+                  scorer: Recoverability | None = None) -> Selection:
+    """The blocks of ``teacher`` (a traced network, left untouched) to drop under
+    ``config.budget``; see the module docstring. A ``scorer`` built on the same teacher and
+    images can be shared between calls (its scores are memoised). Raises ``FxpruneError`` when even dropping
+    every droppable block cannot meet the budget."""
+    start = time.perf_counter()
+    size = tuple(input_size)
+    structure = find_structure(teacher)
+    droppable = [block for block in structure.blocks if block.droppable]
+    if not droppable:
+        raise FxpruneError("--drop auto: this network has no droppable block")
+    cache = LatencyCache(config.cache)
+    saved, timed = block_latencies(teacher, droppable, config.batch, config.threads, cache)
+    with tempfile.TemporaryDirectory(prefix="fxprune-select-") as scratch:
+        _, original_ms = _whole_ratio(teacher, [], size, config.batch, config.threads,
+                                      Path(scratch))
+    need = (1 - config.budget) * original_ms
+    if sum(saved.values()) < need:
+        raise FxpruneError(
+            f"latency budget {config.budget} cannot be met by dropping blocks: all "
+            f"{len(droppable)} droppable blocks together take {sum(saved.values()):.3f} ms of "
+            f"the original's {original_ms:.3f} ms (batch {config.batch}, {config.threads} "
+            f"thread(s)); the lowest reachable ratio is about "
+            f"{1 - sum(saved.values()) / original_ms:.2f}")
+    scorer = scorer or Recoverability(teacher, images[:config.score_images], config.recovery,
+                                      config.placement)
+    candidates = {}
+    for block in tqdm(droppable, desc="score blocks", leave=False, disable=not progress or None):
+        candidates[block.id] = Candidate(block.id, max(saved[block.id], 1e-6),
+                                         scorer([block.id]))
+    chosen = _choose(candidates, scorer, need, config, progress)
+    with tempfile.TemporaryDirectory(prefix="fxprune-select-") as scratch:
+        ratio, original_ms = _whole_ratio(teacher, chosen, size, config.batch, config.threads,
+                                          Path(scratch))
+        extra = 0
+        while ratio > config.budget and extra < MAX_EXTRA_BLOCKS:
+            remaining = sorted((c for c in candidates.values() if c.round is None),
+                               key=lambda c: c.cost)
+            if not remaining:
+                break
+            remaining[0].round = len(chosen) + 1
+            remaining[0].reason = (f"added: the chosen set measured x{ratio:.3f} > budget "
+                                   f"x{config.budget}")
+            chosen.append(remaining[0].block)
+            extra += 1
+            ratio, original_ms = _whole_ratio(teacher, chosen, size, config.batch,
+                                              config.threads, Path(scratch))
+    for candidate in candidates.values():
+        if candidate.round is None:
+            candidate.reason = candidate.reason or "not needed: the budget was met without it"
+    predicted = 1 - sum(saved[block] for block in chosen) / original_ms
+    return Selection(chosen, config.strategy, config.budget, original_ms, predicted, ratio,
+                     scorer(chosen), list(candidates.values()), scorer.evaluations, timed,
+                     time.perf_counter() - start)
+
+
+def _choose(candidates: dict[str, Candidate], scorer: Recoverability, need: float,
+            config: SelectionConfig, progress: bool) -> list[str]:
+    """Block ids in the order chosen, until their own latencies add up to ``need`` ms."""
+    chosen: list[str] = []
+    current = 0.0
+    bar = tqdm(total=round(need, 3), desc="choose blocks", leave=False, unit="ms",
+               disable=not progress or None)
+    while sum(candidates[block].saved_ms for block in chosen) < need:
+        remaining = sorted((c for c in candidates.values() if c.round is None),
+                           key=lambda c: c.cost if c.marginal is None
+                           else c.marginal / c.saved_ms)
+        if config.strategy == "alone":
+            best = remaining[0]
+            best.reason = (f"rank {len(chosen) + 1} by recoverability alone per ms saved "
+                           f"({best.cost:.4g})")
+        else:
+            for candidate in remaining[:config.shortlist]:
+                candidate.marginal = scorer([*chosen, candidate.block]) - current
+            best = min(remaining[:config.shortlist], key=lambda c: c.marginal / c.saved_ms)
+            best.reason = (f"lowest marginal recoverability per ms saved with "
+                           f"{{{', '.join(chosen) or 'nothing'}}} dropped "
+                           f"({best.marginal:.4g} / {best.saved_ms:.3f} ms) among "
+                           f"{', '.join(c.block for c in remaining[:config.shortlist])}")
+            current += best.marginal
+        best.round = len(chosen) + 1
+        chosen.append(best.block)
+        bar.update(round(best.saved_ms, 3))
+    bar.close()
+    return chosen

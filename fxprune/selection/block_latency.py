@@ -1,0 +1,108 @@
+"""What each droppable block costs in ONNX Runtime, timed on its own and cached on disk.
+
+Dropping block ``b`` removes the nodes between its entry and its exit, so the latency it saves
+is the latency of that sub-graph: it is exported alone (input: the block's input shape at the
+user's batch) and timed with the user's thread count. Blocks with the same signature (the
+sequence of operations, module configurations and shapes, not the weights or node names) cost
+the same, so one timing serves them all; the cache file keeps timings between runs, keyed by
+signature, batch, threads, ONNX Runtime version and CPU, so re-running a selection, or another
+model built from the same blocks, times nothing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnxruntime
+from torch import fx
+
+from fxprune.analysis.structure import Block
+from fxprune.errors import FxpruneWarning
+from fxprune.export import export_onnx
+from fxprune.graph import named_modules, shape_of
+from fxprune.latency import bench_input, onnx_runner, time_interleaved
+from fxprune.recovery.segments import segment
+
+TIMING_BUDGET_S = 15.0  # for all the distinct blocks of one network, timed interleaved
+
+
+def default_cache_path() -> Path:
+    """``$FXPRUNE_CACHE/latency.json``, else ``$XDG_CACHE_HOME/fxprune/...``, else
+    ``~/.cache/fxprune/latency.json``."""
+    root = os.environ.get("FXPRUNE_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fxprune"
+    return Path(root) / "latency.json"
+
+
+class LatencyCache:
+    """Milliseconds by key, in a JSON file written atomically; an unreadable file is reported
+    once and replaced by the next save, never half-overwritten."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else default_cache_path()
+        self.entries: dict[str, float] = {}
+        if self.path.exists():
+            try:
+                self.entries = {str(k): float(v) for k, v in
+                                json.loads(self.path.read_text()).items()}
+            except (ValueError, AttributeError, OSError) as error:
+                warnings.warn(f"latency cache {self.path} is unreadable ({error}); it will be "
+                              "rebuilt", FxpruneWarning, stacklevel=2)
+
+    def get(self, key: str) -> float | None:
+        return self.entries.get(key)
+
+    def put(self, timings: dict[str, float]) -> None:
+        self.entries.update(timings)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=".latency-", dir=self.path.parent)
+        with os.fdopen(handle, "w") as file:
+            json.dump(self.entries, file, indent=1, sort_keys=True)
+        os.replace(temp, self.path)
+
+
+def block_signature(gm: fx.GraphModule, block: Block, batch: int, threads: int) -> str:
+    """A hash of what decides the block's latency: its operations in order, each module's
+    configuration (``repr``: channels, kernel, stride, ...), every output shape, the batch, the
+    threads, the runtime version and the CPU."""
+    modules = named_modules(gm)
+    nodes = {node.name: node for node in gm.graph.nodes}
+    ops = []
+    for name in block.nodes:
+        node = nodes[name]
+        what = repr(modules[node.target]) if node.op == "call_module" else str(node.target)
+        ops.append([node.op, what, shape_of(node)[1:] if shape_of(node) else None])
+    text = json.dumps([ops, block.in_shape, batch, threads, onnxruntime.__version__,
+                       platform.machine(), platform.processor()], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def block_latencies(gm: fx.GraphModule, blocks: Sequence[Block], batch: int = 1,
+                    threads: int = 1, cache: LatencyCache | None = None
+                    ) -> tuple[dict[str, float], int]:
+    """Milliseconds each block takes on its own (median of interleaved runs), by block id,
+    and how many distinct blocks had to be timed (0 when the cache had them all)."""
+    keys = {block.id: block_signature(gm, block, batch, threads) for block in blocks}
+    known = {key: cache.get(key) for key in set(keys.values())} if cache else {}
+    missing = {key: block for block in blocks for key in [keys[block.id]]
+               if known.get(key) is None}
+    if missing:
+        with tempfile.TemporaryDirectory(prefix="fxprune-blocks-") as scratch:
+            runners = []
+            for index, (key, block) in enumerate(missing.items()):
+                part = segment(gm, [block.entry], [block.exit])
+                path = export_onnx(part, block.in_shape, Path(scratch) / f"block{index}.onnx")
+                runners.append(onnx_runner(path, bench_input(block.in_shape, batch), threads))
+            timings = time_interleaved(runners, warmup=3, repeats=50, budget_s=TIMING_BUDGET_S)
+        measured = {key: timing.median_ms for key, timing in zip(missing, timings)}
+        known.update(measured)
+        if cache is not None:
+            cache.put(measured)
+    return {block.id: known[keys[block.id]] for block in blocks}, len(missing)

@@ -1,0 +1,72 @@
+"""How well the network recovers when a set of blocks is dropped (PRACTISE v2's
+"recoverability", scored on any set of blocks, not only one block alone).
+
+    recoverability(S) = || f_student(S)(x) - f_teacher(x) ||^2 / || f_teacher(x) ||^2
+
+where ``f`` is the last stage's output (the pre-pooling feature map), ``x`` the scoring images,
+and ``student(S)`` the network with the blocks ``S`` dropped, adapters inserted and trained
+briefly (the default stage-wise recovery with few steps). Lower is better; 0 means the
+adapters make the loss invisible at the head. Results are memoised by set.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import fx
+
+from fxprune.analysis.sites import drop_sites
+from fxprune.analysis.structure import find_structure, stand_in
+from fxprune.pass_manager import PassManager
+from fxprune.passes import DropBlocks, InsertAdapters
+from fxprune.recovery.fit import FitConfig
+from fxprune.recovery.practise import RecoveryConfig, recover
+from fxprune.recovery.segments import run_batched, segment
+
+BRIEF_RECOVERY = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=20, patience=5))
+
+
+class Recoverability:
+    """``scorer(block_ids)`` -> relative feature MSE after a brief recovery (memoised)."""
+
+    def __init__(self, teacher: fx.GraphModule, images: torch.Tensor,
+                 recovery: RecoveryConfig = BRIEF_RECOVERY, placement: str = "cvpr",
+                 batch_size: int = 256):
+        self.teacher = teacher.eval()
+        self.structure = find_structure(teacher)
+        self.images = images
+        self.recovery = recovery
+        self.placement = placement
+        self.batch_size = batch_size
+        self.source = next(node.name for node in teacher.graph.nodes if node.op == "placeholder")
+        self.feature = self.structure.stages[-1].blocks[-1].exit
+        self.target = self._feature(teacher)
+        self.scale = float(self.target.pow(2).mean()) or 1.0
+        self.scores: dict[frozenset[str], float] = {}
+
+    def _feature(self, gm: fx.GraphModule) -> torch.Tensor:
+        part = segment(gm, [self.source], [stand_in(gm, self.feature)])
+        return run_batched(part, [self.images], self.batch_size)[0]
+
+    def student(self, block_ids: Iterable[str]) -> fx.GraphModule:
+        """The teacher with ``block_ids`` dropped and adapters inserted (untrained)."""
+        ids = list(block_ids)
+        gm = copy.deepcopy(self.teacher)
+        sites = drop_sites(gm, self.structure, ids, self.placement)
+        return PassManager([DropBlocks(ids), InsertAdapters(sites)])(gm).graph_module
+
+    def __call__(self, block_ids: Iterable[str]) -> float:
+        key = frozenset(block_ids)
+        if key not in self.scores:
+            student = self.student(sorted(key))
+            if key:
+                recover(self.teacher, student, self.images, self.recovery, progress=False)
+            error = torch.nn.functional.mse_loss(self._feature(student), self.target)
+            self.scores[key] = float(error) / self.scale
+        return self.scores[key]
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.scores)
