@@ -91,6 +91,9 @@ def weights_files(tmp_path):
     ("unknown device", ["--device=gpu0"], "unknown device 'gpu0'"),
     ("pruning everything", ["--prune-filters=1.0"], "in [0, 1)"),
     ("masking everything", ["--sparsity=1.0"], "sparsity must be in [0, 1)"),
+    ("auto without a budget", ["--drop=auto"], "--drop auto needs --budget"),
+    ("budget without auto", ["--budget=0.8"], "--budget applies only to --drop auto"),
+    ("budget out of range", ["--drop=auto", "--budget=1.5"], "ratio in (0, 1)"),
 ])
 def test_user_errors(tmp_path, capsys, case, extra, message):
     argv = (_compress(tmp_path, model=extra[1]) if extra[0] == "compress"

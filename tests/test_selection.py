@@ -1,0 +1,128 @@
+"""``--drop auto``: block latencies and their cache, recoverability, the budgeted choice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fxprune import compress, find_structure
+from fxprune.errors import FxpruneError, FxpruneWarning
+from fxprune.models import cifar_resnet
+from fxprune.recovery.fit import FitConfig
+from fxprune.recovery.practise import RecoveryConfig
+from fxprune.report import render_report
+from fxprune.selection import (LatencyCache, Recoverability, SelectionConfig, block_latencies,
+                               select_blocks)
+from fxprune.selection import auto
+from fxprune.tracing import example_input
+from tests.conftest import SMALL_SIZE
+
+QUICK = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=3, patience=2))
+
+
+@pytest.fixture
+def images():
+    return example_input(SMALL_SIZE, batch=12, seed=5)
+
+
+@pytest.fixture
+def fake_latency(monkeypatch):
+    """Every block saves 1 ms of a 10 ms network; the whole network measures
+    ``1 - per_block * len(blocks)`` (``per_block`` settable), so tests are deterministic."""
+    state = {"per_block": 0.1}
+
+    def latencies(gm, blocks, batch, threads, cache):
+        return {block.id: 1.0 for block in blocks}, len(blocks)
+
+    def whole_ratio(teacher, ids, size, batch, threads, scratch):
+        return 1 - state["per_block"] * len(ids), 10.0
+
+    monkeypatch.setattr(auto, "block_latencies", latencies)
+    monkeypatch.setattr(auto, "_whole_ratio", whole_ratio)
+    return state
+
+
+def test_block_latencies_are_cached_and_shared_by_identical_blocks(small_resnet, tmp_path):
+    blocks = [block for block in find_structure(small_resnet).blocks if block.droppable]
+    cache = LatencyCache(tmp_path / "cache" / "latency.json")
+    first, timed = block_latencies(small_resnet, blocks, batch=2, threads=1, cache=cache)
+    assert set(first) == {block.id for block in blocks}
+    assert all(ms > 0 for ms in first.values())
+    # blocks 1.2 and 1.3 are the same operations on the same shapes: one timing serves both
+    assert first["1.2"] == first["1.3"] and first["2.2"] == first["2.3"]
+    assert timed == 3  # one signature per stage
+    again, timed_again = block_latencies(small_resnet, blocks, 2, 1,
+                                         LatencyCache(tmp_path / "cache" / "latency.json"))
+    assert timed_again == 0 and again == first
+    _, other_batch = block_latencies(small_resnet, blocks, 4, 1, cache)
+    assert other_batch == 3  # the batch is part of the key
+
+
+def test_unreadable_cache_is_reported_and_rebuilt(tmp_path):
+    path = tmp_path / "latency.json"
+    path.write_text("{ not json")
+    with pytest.warns(FxpruneWarning, match="unreadable"):
+        cache = LatencyCache(path)
+    cache.put({"key": 1.5})
+    assert json.loads(path.read_text()) == {"key": 1.5}
+
+
+def test_recoverability(small_resnet, images):
+    scorer = Recoverability(small_resnet, images, QUICK)
+    assert scorer([]) == 0.0  # nothing dropped: the student is the teacher
+    untrained = scorer.student(["1.2"])
+    feature = scorer._feature(untrained)
+    before = float(torch.nn.functional.mse_loss(feature, scorer.target)) / scorer.scale
+    after = scorer(["1.2"])
+    assert 0 < after < before  # the brief recovery helps
+    assert scorer(["1.2"]) == after and scorer.evaluations == 2  # memoised
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "alone"])
+def test_choice_meets_the_budget(small_resnet, images, fake_latency, strategy, tmp_path):
+    config = SelectionConfig(0.75, strategy=strategy, recovery=QUICK, cache=tmp_path / "c.json")
+    selection = select_blocks(small_resnet, images, SMALL_SIZE, config, progress=False)
+    assert len(selection.blocks) == 3  # 2.5 ms of 10 must go: three 1-ms blocks
+    assert selection.measured_ratio == pytest.approx(0.7) and selection.predicted_ratio == 0.7
+    rounds = {c.block: c.round for c in selection.candidates if c.round is not None}
+    assert [b for b, _ in sorted(rounds.items(), key=lambda item: item[1])] == selection.blocks
+    alone = sorted(selection.candidates, key=lambda c: c.alone)
+    if strategy == "alone":
+        assert set(selection.blocks) == {c.block for c in alone[:3]}
+    else:  # every round re-scored its shortlist with the blocks chosen before
+        chosen = [c for c in selection.candidates if c.round is not None]
+        assert all(c.marginal is not None for c in chosen)
+    assert all(c.reason for c in selection.candidates) and selection.recoverability > 0
+
+
+def test_blocks_are_added_when_the_measurement_misses(small_resnet, images, fake_latency,
+                                                      tmp_path):
+    fake_latency["per_block"] = 0.05  # blocks save half what their own timing predicts
+    config = SelectionConfig(0.8, strategy="alone", recovery=QUICK, cache=tmp_path / "c.json")
+    selection = select_blocks(small_resnet, images, SMALL_SIZE, config, progress=False)
+    assert len(selection.blocks) == 4 and selection.measured_ratio == pytest.approx(0.8)
+    added = [c for c in selection.candidates if c.reason.startswith("added")]
+    assert len(added) == 2
+
+
+def test_unreachable_budget(small_resnet, images, fake_latency, tmp_path):
+    config = SelectionConfig(0.2, recovery=QUICK, cache=tmp_path / "c.json")
+    with pytest.raises(FxpruneError, match="lowest reachable ratio is about 0.30"):
+        select_blocks(small_resnet, images, SMALL_SIZE, config, progress=False)
+
+
+def test_compress_with_auto_drop(images, fake_latency, tmp_path):
+    config = SelectionConfig(0.85, recovery=QUICK, cache=tmp_path / "c.json")
+    result = compress(cifar_resnet(20).eval(), images, SMALL_SIZE, drop="auto",
+                      selection=config, progress=False)
+    report = result.report
+    assert report["drop"] == report["auto"]["blocks"] and len(report["drop"]) == 2
+    assert report["compressed"]["macs"] < report["original"]["macs"]
+    assert "Automatic block choice (greedy)" in render_report(report)
+    with pytest.raises(FxpruneError, match="needs a latency budget"):
+        compress(cifar_resnet(20).eval(), images, SMALL_SIZE, drop="auto", progress=False)
+    with pytest.raises(FxpruneError, match="only to --drop auto"):
+        compress(cifar_resnet(20).eval(), images, SMALL_SIZE, drop="rule", budget=0.8,
+                 progress=False)
