@@ -101,6 +101,20 @@ def is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in ACTIVATION_METHODS
 
 
+def is_zero_pad(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Spatial zero padding: ``nn.ZeroPad2d``, ``nn.ConstantPad2d(0)`` or a constant-0 ``F.pad``
+    (TensorFlow-style 'SAME' convs pad this way before an unpadded conv)."""
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        return isinstance(module, nn.ZeroPad2d) or (
+            isinstance(module, nn.ConstantPad2d) and module.value == 0)
+    if node.op == "call_function" and node.target is F.pad:
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+        return mode == "constant" and not value
+    return False
+
+
 def idempotent_activation_key(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """A key naming the idempotent activation ``node`` applies (ReLU, ReLU6, Hardtanh with its
     bounds), or None when it applies none."""

@@ -155,3 +155,35 @@ def test_resnet56_macs_and_block_macs():
     # an identity block: two 3x3 convs at C channels, HxW: 2 * 9 * C^2 * H * W
     assert total_macs(macs, structure.block("1.2").nodes) == 2 * 9 * 16 * 16 * 32 * 32
     assert total_macs(macs, structure.block("3.9").nodes) == 2 * 9 * 64 * 64 * 8 * 8
+
+
+class _PaddedInvertedResidualNet(nn.Module):
+    """TF-'SAME'-style: an asymmetric ZeroPad2d before a stride-2 depthwise conv, one
+    identity inverted-residual block, and a head that flattens with ``x.size(0)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.expand = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU6())
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, 2, groups=16), nn.ReLU6())
+        self.project = nn.Conv2d(16, 8, 1)
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU6(),
+                                   nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),
+                                   nn.Conv2d(16, 8, 1))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        batch = x.size(0)
+        x = self.project(self.depthwise(self.pad(self.expand(self.stem(x)))))
+        x = x + self.block(x)
+        return self.fc(x.mean((2, 3)).view(batch, -1))
+
+
+def test_padding_and_shape_paths_do_not_hide_blocks():
+    gm = trace(_PaddedInvertedResidualNet().eval(), (3, 16, 16))
+    assert [node.name for node in trunk(gm.graph)][:2] == ["x", "stem"]  # size(0) is no path
+    structure = find_structure(gm)
+    first, second = structure.blocks
+    assert first.convs == ("expand_0", "depthwise_0", "project")  # the pad stays inside
+    assert not first.droppable and second.droppable and second.shortcut == "identity"

@@ -28,7 +28,7 @@ from torch import fx, nn
 from fxprune.adapters import Adapter
 from fxprune.errors import PreconditionError
 from fxprune.graph import (conv_of, feature_shape, is_activation, is_add, is_depthwise,
-                           named_modules, output_node, tensor_inputs, to_digraph)
+                           is_zero_pad, named_modules, output_node, tensor_inputs, to_digraph)
 
 BLOCK_ID_META = "fxprune.block_id"
 DROPPED_META = "fxprune.dropped_blocks"  # gm.meta: ids of the blocks dropped so far
@@ -156,8 +156,13 @@ class _View:
 
 
 def trunk(graph: fx.Graph) -> list[fx.Node]:
-    """Nodes that every path from an input to the output passes through, in graph order."""
+    """Nodes that every path of tensors from an input to the output passes through, in graph
+    order. Paths through values that are not tensors (``x.size(0)`` feeding a final ``view``)
+    carry shapes, not features, and do not count."""
     digraph = to_digraph(graph)
+    if any("tensor_meta" in node.meta for node in graph.nodes):  # shapes propagated
+        digraph.remove_nodes_from([node.name for node in graph.nodes if node.op not in (
+            "placeholder", "output") and "tensor_meta" not in node.meta])
     root = "__fxprune_root__"
     for node in graph.nodes:
         if not node.all_input_nodes:
@@ -227,8 +232,10 @@ def _trunk_units(view: _View) -> list[_Unit]:
             members = [node]
             while index + 1 < len(chain):
                 following = chain[index + 1]
+                padding = is_zero_pad(following, view.modules) and \
+                    index + 2 < len(chain) and view.conv(chain[index + 2]) is not None
                 if view.conv(following) is not None or \
-                        feature_shape(following) != feature_shape(node) or \
+                        feature_shape(following) != feature_shape(node) and not padding or \
                         _is_residual_join(view, members[-1], following) or \
                         view.stamped and view.stamp(following) != view.stamp(node):
                     break

@@ -6,6 +6,8 @@ model without changes to the tool:
 
 * ``torchvision:<builder>``, e.g. ``torchvision:resnet18`` (never downloads weights);
 * ``cifar:resnet20`` (also 32, 44, 56, 110);
+* ``efficientnet:lite0`` (to lite4; the PyPI package ``efficientnet-lite-pytorch``, made plain
+  by ``efficientnet_lite.plain_convs``; Lite0's pretrained weights come from the data folder);
 * ``path/to/file.py:callable`` or ``package.module:callable``, called with no arguments.
 
 The input size and normalisation travel with the model because accuracy measurements and
@@ -32,6 +34,8 @@ from fxprune.data import data_dir
 from fxprune.errors import ModelSpecError
 from fxprune.models.checkpoints import load_weights, read_state_dict
 from fxprune.models.cifar_resnet import SUPPORTED_DEPTHS, cifar_resnet
+from fxprune.models.efficientnet_lite import LITE_MEAN, LITE_STD, efficientnet_lite
+from fxprune.models.efficientnet_lite import default_weights as default_efficientnet_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +45,7 @@ _TORCHVISION_INPUT = {"inception_v3": (3, 299, 299)}
 
 _ACCEPTED_FORMS = (
     "expected one of: 'torchvision:<builder>' (e.g. torchvision:resnet18), "
-    "'cifar:resnet<depth>' (depth in 20, 32, 44, 56, 110), "
+    "'cifar:resnet<depth>' (depth in 20, 32, 44, 56, 110), 'efficientnet:lite0', "
     "'path/to/file.py:callable' or 'package.module:callable'"
 )
 _DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -66,6 +70,10 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
         loaded = _from_torchvision(rest)
     elif sep and prefix == "cifar":
         loaded = _from_cifar(rest, use_default_weights=weights is None)
+    elif sep and prefix == "efficientnet":
+        # the package's own key names: weights load before its convs are made plain
+        loaded = _from_efficientnet(rest, weights)
+        return replace(loaded, weights=str(weights)) if weights is not None else loaded
     elif ":" in spec:
         loaded = _from_callable(spec)
     else:
@@ -116,6 +124,14 @@ def _from_cifar(name: str, use_default_weights: bool) -> LoadedModel:
         std=IMAGENET_STD,
         weights=str(weights) if weights is not None else None,
     )
+
+
+def _from_efficientnet(variant: str, weights: str | None) -> LoadedModel:
+    path = weights if weights is not None else default_efficientnet_weights(variant)
+    model, side = efficientnet_lite(variant, path)
+    return LoadedModel(model=model, name=f"efficientnet-{variant}", input_size=(3, side, side),
+                       mean=LITE_MEAN, std=LITE_STD,
+                       weights=str(path) if path is not None else None)
 
 
 def _default_cifar_weights(depth: int) -> Path | None:
