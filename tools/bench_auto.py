@@ -17,7 +17,6 @@ ratio of the chosen set, and seconds (selection + recovery). Resumable like ``be
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from fxprune.selection import Recoverability, SelectionConfig, select_blocks  # noqa: E402
 from fxprune.selection.auto import _whole_ratio  # noqa: E402
 from tools.bench_cifar import SCHEMES, mean_std  # noqa: E402
+from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
 METHODS = ("rule", "random", "auto-alone", "auto-greedy")
 RESULTS = ROOT / "tools" / "results" / "auto_select"
@@ -139,14 +139,10 @@ def main(argv=None) -> None:
     parser.add_argument("--schemes", nargs="+", choices=list(SCHEMES), default=["9", "3"])
     parser.add_argument("--sizes", nargs="+", type=int, choices=(50, 500), default=[50, 500])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--budget", type=float, default=None, help="minutes; no new cell after")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    json_path, md_path = args.output.with_suffix(".json"), args.output.with_suffix(".md")
-    results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": {}}
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    file, results = open_results(args, summarize)
     start = time.perf_counter()
     bench = Bench()
     results["original"] = percent_equal(bench.reference, bench.test.labels)
@@ -166,8 +162,7 @@ def main(argv=None) -> None:
                     return
                 torch.manual_seed(seed)
                 bench.cell(scheme, size, seed, budgets[scheme], rows)
-                json_path.write_text(json.dumps(results, indent=1))
-                md_path.write_text(summarize(results) + "\n")
+                file.save(results)
                 print(key, {m: round(r["lossless"], 2) for m, r in rows.items()}, flush=True)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ from fxprune.pass_manager import PassManager  # noqa: E402
 from fxprune.passes import DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters  # noqa: E402
 from fxprune.recovery.finetune import FinetuneConfig, finetune  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
+from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
 SCHEMES = {"3": ["1.2", "2.2", "3.2"],
            "9": ["1.2", "1.3", "1.4", "2.2", "2.3", "2.4", "3.2", "3.3", "3.4"]}
@@ -108,10 +108,6 @@ class Bench:
         return {"seconds": seconds, "threads": torch.get_num_threads(), **self.accuracy(model)}
 
 
-def load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"cells": {}}
-
-
 def summarize(results: dict) -> str:
     lines = ["# CIFAR-10 ResNet-56: block drop + tiny-set recovery", "",
              "`.venv/bin/python tools/bench_cifar.py` — top-1 % mean ± std over seeds "
@@ -158,15 +154,10 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, choices=SIZES, default=list(SIZES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", choices=METHODS[1:], default=list(METHODS[1:]))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--budget", type=float, default=None, help="minutes; no new cell after")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    json_path, md_path = args.output.with_suffix(".json"), args.output.with_suffix(".md")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    results = load(json_path)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    file, results = open_results(args, summarize)
     start = time.perf_counter()
     bench = Bench()
     results["original"] = bench.accuracy(bench.teacher)
@@ -186,12 +177,10 @@ def main(argv=None) -> None:
         torch.manual_seed(int(seed))
         rows = results["cells"].setdefault(key, {})
         bench.cell(scheme, int(size), int(seed), args.methods, rows)
-        json_path.write_text(json.dumps(results, indent=1))
-        md_path.write_text(summarize(results) + "\n")
+        file.save(results)
         print(key, {m: round(r["lossless"], 2) for m, r in results["cells"][key].items()},
               flush=True)
-    json_path.write_text(json.dumps(results, indent=1))
-    md_path.write_text(summarize(results) + "\n")
+    file.save(results)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ per stage (default 100: 224x224 inputs make each step ~50x a CIFAR step on this 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.selection import SelectionConfig  # noqa: E402
 from fxprune.selection.auto import _whole_ratio  # noqa: E402
+from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
 BUDGET = 0.85
 RESULTS = ROOT / "tools" / "results" / "efficientnet_lite0"
@@ -109,13 +109,9 @@ def main(argv=None) -> None:
     parser.add_argument("--choices", nargs="+", choices=("rule", "auto"),
                         default=["rule", "auto"])
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    json_path, md_path = args.output.with_suffix(".json"), args.output.with_suffix(".md")
-    results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": {}}
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    file, results = open_results(args, summarize)
     bench = Bench()
     results["original"] = percent_equal(bench.reference, bench.labels[bench.held])
     for size in args.sizes:
@@ -125,8 +121,7 @@ def main(argv=None) -> None:
                 if key in results["cells"]:
                     continue
                 results["cells"][key] = bench.run(choice, size, seed, args.steps)
-                json_path.write_text(json.dumps(results, indent=1))
-                md_path.write_text(summarize(results))
+                file.save(results)
                 print(key, results["cells"][key]["recovered"], flush=True)
 
 

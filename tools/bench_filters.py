@@ -15,7 +15,6 @@ compressed networks interleaved (batch 64, one thread). Resumable like ``bench_c
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from fxprune.evaluate import top1  # noqa: E402
 from fxprune.export import export_onnx  # noqa: E402
 from fxprune.latency import bench_input, onnx_runner, time_interleaved  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
+from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
 DROP = ["1.2", "1.4", "1.6", "1.8", "2.2", "2.4", "2.6", "2.8", "3.2", "3.4", "3.6", "3.8",
         "3.9"]
@@ -146,13 +146,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[10, 20, 30])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--budget", type=float, default=None, help="minutes; no new cell after")
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    json_path, md_path = RESULTS.with_suffix(".json"), RESULTS.with_suffix(".md")
-    results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": {}}
+    file, results = open_results(args, summarize)
     bench, start = Bench(), time.perf_counter()
     if "pruned" not in results:
         images = bench.tensor(sample(bench.pool, n=10, seed=0))
@@ -169,13 +166,11 @@ def main(argv=None) -> None:
                 break
             rows = results["cells"].setdefault(f"{size}/{seed}", {})
             bench.cell(size, seed, rows)
-            json_path.write_text(json.dumps(results, indent=1))
-            md_path.write_text(summarize(results))
+            file.save(results)
             print(size, seed, {k: round(v["top1"], 2) for k, v in rows.items()}, flush=True)
     if "latency" not in results:
         results["latency"] = latency(bench)
-    json_path.write_text(json.dumps(results, indent=1))
-    md_path.write_text(summarize(results))
+    file.save(results)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Resumable like ``bench_cifar.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import fxprune  # noqa: E402
 from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
+from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
 POOLS = {"cifar10": ("cifar10", "train"), "imagenet32": ("imagenet32", None),
          "noise": ("noise:1000", None)}
@@ -96,13 +96,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, choices=(50, 500), default=[50, 500])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--pools", nargs="+", choices=list(POOLS), default=list(POOLS))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    json_path, md_path = args.output.with_suffix(".json"), args.output.with_suffix(".md")
-    results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": {}}
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    file, results = open_results(args, summarize)
     bench = Bench()
     results["original"] = percent_equal(bench.reference, bench.test.labels)
     for size in args.sizes:
@@ -114,8 +110,7 @@ def main(argv=None) -> None:
                 cell = bench.row(pool, size, seed)
                 results["pruned"] = cell.pop("pruned")["lossless"]
                 results["cells"][key] = cell
-                json_path.write_text(json.dumps(results, indent=1))
-                md_path.write_text(summarize(results))
+                file.save(results)
                 print(key, round(cell["lossless"], 2), flush=True)
 
 

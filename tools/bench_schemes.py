@@ -9,7 +9,6 @@ the Eq. 4 baseline (not for masks: finetuning would fill the zeros) and PRACTISE
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from fxprune.datasets import sample  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
 from tools.bench_filters import Bench  # noqa: E402
+from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
 SCHEMES = {"dwpw": dict(drop=None, decouple="dwpw"),
            "lowrank 0.4": dict(drop=None, decouple="lowrank:0.4"),
@@ -52,12 +52,9 @@ def summarize(results: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=None)
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    json_path, md_path = RESULTS.with_suffix(".json"), RESULTS.with_suffix(".md")
-    results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": {}}
+    file, results = open_results(args, summarize)
     bench = Bench()
     results["command"] = " ".join([".venv/bin/python", "tools/bench_schemes.py",
                                    *(argv if argv is not None else sys.argv[1:])])
@@ -74,8 +71,7 @@ def main(argv=None) -> None:
                 result, rows[method] = bench.run(images, labels, seed, recover, finetune, scheme,
                                                  SCHEMES)
                 results["macs"] = result.report["original"]["macs"]
-                json_path.write_text(json.dumps(results, indent=1))
-                md_path.write_text(summarize(results))
+                file.save(results)
                 print(scheme, seed, method, round(rows[method]["top1"], 2), flush=True)
 
 

@@ -1,0 +1,43 @@
+"""A benchmark's resumable results: the JSON of the cells done so far, and the markdown table
+rebuilt from it after every cell, so an interrupted sweep loses at most the cell it was in."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+class ResultsFile:
+    def __init__(self, stem: Path, summarize: Callable[[dict], str]):
+        self.json_path, self.md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+        self.summarize = summarize
+
+    def load(self) -> dict:
+        """The results so far, or a fresh ``{"cells": {}}``."""
+        return json.loads(self.json_path.read_text()) if self.json_path.exists() \
+            else {"cells": {}}
+
+    def save(self, results: dict) -> None:
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)
+        self.json_path.write_text(json.dumps(results, indent=1))
+        self.md_path.write_text(self.summarize(results).rstrip("\n") + "\n")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, output: Path) -> None:
+    """``--threads`` (torch threads; 1 leaves a core free) and ``--output`` (results stem)."""
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--output", type=Path, default=output,
+                        help="results path without suffix (.json and .md are written)")
+
+
+def open_results(args: argparse.Namespace, summarize: Callable[[dict], str]
+                 ) -> tuple[ResultsFile, dict]:
+    """Applies ``--threads``; the results file named by ``--output`` and what it holds."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    file = ResultsFile(args.output, summarize)
+    return file, file.load()
