@@ -71,11 +71,12 @@ def _auto_section(auto: dict[str, Any]) -> list[str]:
              "Recoverability: pre-pooling feature MSE relative to the teacher's after a brief "
              "adapter recovery (lower is better); marginal: its increase when added to the "
              "blocks chosen before.", "",
-             "| block | ms saved | alone | marginal | round | why |", "|---|---|---|---|---|---|"]
+             "| block | latency share | alone | marginal | round | why |",
+             "|---|---|---|---|---|---|"]
     for candidate in sorted(auto["candidates"],
                             key=lambda c: (c["round"] is None, c["round"] or 0, c["block"])):
         marginal = "" if candidate["marginal"] is None else f"{candidate['marginal']:.4g}"
-        lines.append(f"| {candidate['block']} | {candidate['saved_ms']:.3f} | "
+        lines.append(f"| {candidate['block']} | {candidate['saved']:.1%} | "
                      f"{candidate['alone']:.4g} | {marginal} | {candidate['round'] or ''} | "
                      f"{candidate['reason']} |")
     return lines

@@ -13,7 +13,7 @@ from fxprune.models import cifar_resnet
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig
 from fxprune.report import render_report
-from fxprune.selection import (LatencyCache, Recoverability, SelectionConfig, block_latencies,
+from fxprune.selection import (LatencyCache, Recoverability, SelectionConfig, block_shares,
                                select_blocks)
 from fxprune.selection import auto
 from fxprune.tracing import example_input
@@ -29,34 +29,35 @@ def images():
 
 @pytest.fixture
 def fake_latency(monkeypatch):
-    """Every block saves 1 ms of a 10 ms network; the whole network measures
+    """Every block takes 10% of a 10 ms network; the whole network measures
     ``1 - per_block * len(blocks)`` (``per_block`` settable), so tests are deterministic."""
     state = {"per_block": 0.1}
 
-    def latencies(gm, blocks, batch, threads, cache):
-        return {block.id: 1.0 for block in blocks}, len(blocks)
+    def shares(gm, blocks, input_size, batch, threads, cache):
+        return {block.id: 0.1 for block in blocks}, len(blocks)
 
     def whole_ratio(teacher, ids, size, batch, threads, scratch):
         return 1 - state["per_block"] * len(ids), 10.0
 
-    monkeypatch.setattr(auto, "block_latencies", latencies)
+    monkeypatch.setattr(auto, "block_shares", shares)
     monkeypatch.setattr(auto, "_whole_ratio", whole_ratio)
     return state
 
 
-def test_block_latencies_are_cached_and_shared_by_identical_blocks(small_resnet, tmp_path):
+def test_block_shares_are_cached_and_shared_by_identical_blocks(small_resnet, tmp_path):
     blocks = [block for block in find_structure(small_resnet).blocks if block.droppable]
     cache = LatencyCache(tmp_path / "cache" / "latency.json")
-    first, timed = block_latencies(small_resnet, blocks, batch=2, threads=1, cache=cache)
+    first, timed = block_shares(small_resnet, blocks, SMALL_SIZE, batch=2, threads=1,
+                                cache=cache)
     assert set(first) == {block.id for block in blocks}
-    assert all(ms > 0 for ms in first.values())
+    assert all(0 < share < 1 for share in first.values())
     # blocks 1.2 and 1.3 are the same operations on the same shapes: one timing serves both
     assert first["1.2"] == first["1.3"] and first["2.2"] == first["2.3"]
     assert timed == 3  # one signature per stage
-    again, timed_again = block_latencies(small_resnet, blocks, 2, 1,
-                                         LatencyCache(tmp_path / "cache" / "latency.json"))
+    again, timed_again = block_shares(small_resnet, blocks, SMALL_SIZE, 2, 1,
+                                      LatencyCache(tmp_path / "cache" / "latency.json"))
     assert timed_again == 0 and again == first
-    _, other_batch = block_latencies(small_resnet, blocks, 4, 1, cache)
+    _, other_batch = block_shares(small_resnet, blocks, SMALL_SIZE, 4, 1, cache)
     assert other_batch == 3  # the batch is part of the key
 
 
@@ -84,8 +85,9 @@ def test_recoverability(small_resnet, images):
 def test_choice_meets_the_budget(small_resnet, images, fake_latency, strategy, tmp_path):
     config = SelectionConfig(0.75, strategy=strategy, recovery=QUICK, cache=tmp_path / "c.json")
     selection = select_blocks(small_resnet, images, SMALL_SIZE, config, progress=False)
-    assert len(selection.blocks) == 3  # 2.5 ms of 10 must go: three 1-ms blocks
-    assert selection.measured_ratio == pytest.approx(0.7) and selection.predicted_ratio == 0.7
+    assert len(selection.blocks) == 3  # 25% of the latency must go: three 10% blocks
+    assert selection.measured_ratio == pytest.approx(0.7)
+    assert selection.predicted_ratio == pytest.approx(0.7)
     rounds = {c.block: c.round for c in selection.candidates if c.round is not None}
     assert [b for b, _ in sorted(rounds.items(), key=lambda item: item[1])] == selection.blocks
     alone = sorted(selection.candidates, key=lambda c: c.alone)

@@ -3,7 +3,8 @@
 Given a budget ``R`` (the compressed model's ONNX Runtime latency at most ``R`` times the
 original's, at the user's batch and threads):
 
-1. every droppable block's own latency ``t_b`` is measured (``block_latency``; cached);
+1. every droppable block's own latency ``t_b`` is measured, as a fraction of the network's
+   (``block_latency``; cached);
 2. every block is scored alone: ``r_b`` = recoverability of dropping ``b`` alone, and its cost
    per millisecond saved is ``r_b / t_b``;
 3. ``"alone"`` (what the CVPR'23 code does) drops the blocks of lowest ``r_b / t_b`` until the
@@ -35,12 +36,12 @@ from fxprune.export import export_onnx
 from fxprune.latency import bench_input, onnx_runner, time_interleaved
 from fxprune.passes import DropBlocks
 from fxprune.recovery.practise import RecoveryConfig
-from fxprune.selection.block_latency import LatencyCache, block_latencies
+from fxprune.selection.block_latency import LatencyCache, block_shares
 from fxprune.selection.recoverability import BRIEF_RECOVERY, Recoverability
 
 STRATEGIES = ("greedy", "alone")
 MAX_EXTRA_BLOCKS = 3  # blocks added when the measured latency misses the budget
-CHECK_BUDGET_S = 20.0
+CHECK_ROUNDS, CHECK_BUDGET_S = 200, 20.0  # timing the chosen set against the original
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class SelectionConfig:
 @dataclass
 class Candidate:
     block: str
-    saved_ms: float  # the block's own latency
+    saved: float  # the block's own latency, as a fraction of the original's
     alone: float  # recoverability of dropping it alone
     marginal: float | None = None  # r(chosen + it) - r(chosen) when it was last re-scored
     round: int | None = None  # 1-based round it was chosen in, None if not chosen
@@ -76,7 +77,7 @@ class Candidate:
 
     @property
     def cost(self) -> float:
-        return self.alone / self.saved_ms
+        return self.alone / self.saved
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Selection:
     strategy: str
     budget: float
     original_ms: float
-    predicted_ratio: float  # from the blocks' own latencies
+    predicted_ratio: float  # 1 - the chosen blocks' shares of the original latency
     measured_ratio: float  # the pruned network against the original, timed interleaved
     recoverability: float  # of the chosen set
     candidates: list[Candidate] = field(default_factory=list)
@@ -105,7 +106,7 @@ def _whole_ratio(teacher: fx.GraphModule, ids: Sequence[str], input_size, batch:
              for name, model in (("original", teacher), ("pruned", pruned))]
     inputs = bench_input(input_size, batch)
     original, candidate = time_interleaved([onnx_runner(path, inputs, threads)
-                                            for path in paths], warmup=3, repeats=40,
+                                            for path in paths], warmup=3, repeats=CHECK_ROUNDS,
                                            budget_s=CHECK_BUDGET_S)
     return candidate.median_ms / original.median_ms, original.median_ms
 
@@ -124,18 +125,14 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
     if not droppable:
         raise FxpruneError("--drop auto: this network has no droppable block")
     cache = LatencyCache(config.cache)
-    saved, timed = block_latencies(teacher, droppable, config.batch, config.threads, cache)
-    with tempfile.TemporaryDirectory(prefix="fxprune-select-") as scratch:
-        _, original_ms = _whole_ratio(teacher, [], size, config.batch, config.threads,
-                                      Path(scratch))
-    need = (1 - config.budget) * original_ms
+    saved, timed = block_shares(teacher, droppable, size, config.batch, config.threads, cache)
+    need = 1 - config.budget
     if sum(saved.values()) < need:
         raise FxpruneError(
             f"latency budget {config.budget} cannot be met by dropping blocks: all "
-            f"{len(droppable)} droppable blocks together take {sum(saved.values()):.3f} ms of "
-            f"the original's {original_ms:.3f} ms (batch {config.batch}, {config.threads} "
-            f"thread(s)); the lowest reachable ratio is about "
-            f"{1 - sum(saved.values()) / original_ms:.2f}")
+            f"{len(droppable)} droppable blocks together take {sum(saved.values()):.0%} of "
+            f"the original's latency (batch {config.batch}, {config.threads} thread(s)); the "
+            f"lowest reachable ratio is about {1 - sum(saved.values()):.2f}")
     scorer = scorer or Recoverability(teacher, images[:config.score_images], config.recovery,
                                       config.placement)
     candidates = {}
@@ -162,7 +159,7 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
     for candidate in candidates.values():
         if candidate.round is None:
             candidate.reason = candidate.reason or "not needed: the budget was met without it"
-    predicted = 1 - sum(saved[block] for block in chosen) / original_ms
+    predicted = 1 - sum(saved[block] for block in chosen)
     return Selection(chosen, config.strategy, config.budget, original_ms, predicted, ratio,
                      scorer(chosen), list(candidates.values()), scorer.evaluations, timed,
                      time.perf_counter() - start)
@@ -170,30 +167,30 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
 
 def _choose(candidates: dict[str, Candidate], scorer: Recoverability, need: float,
             config: SelectionConfig, progress: bool) -> list[str]:
-    """Block ids in the order chosen, until their own latencies add up to ``need`` ms."""
+    """Block ids in the order chosen, until their latency shares add up to ``need``."""
     chosen: list[str] = []
     current = 0.0
-    bar = tqdm(total=round(need, 3), desc="choose blocks", leave=False, unit="ms",
-               disable=not progress or None)
-    while sum(candidates[block].saved_ms for block in chosen) < need:
+    bar = tqdm(total=round(100 * need, 1), desc="choose blocks", leave=False,
+               unit="% latency", disable=not progress or None)
+    while sum(candidates[block].saved for block in chosen) < need:
         remaining = sorted((c for c in candidates.values() if c.round is None),
                            key=lambda c: c.cost if c.marginal is None
-                           else c.marginal / c.saved_ms)
+                           else c.marginal / c.saved)
         if config.strategy == "alone":
             best = remaining[0]
-            best.reason = (f"rank {len(chosen) + 1} by recoverability alone per ms saved "
-                           f"({best.cost:.4g})")
+            best.reason = (f"rank {len(chosen) + 1} by recoverability alone per latency "
+                           f"share saved ({best.cost:.4g})")
         else:
             for candidate in remaining[:config.shortlist]:
                 candidate.marginal = scorer([*chosen, candidate.block]) - current
-            best = min(remaining[:config.shortlist], key=lambda c: c.marginal / c.saved_ms)
-            best.reason = (f"lowest marginal recoverability per ms saved with "
+            best = min(remaining[:config.shortlist], key=lambda c: c.marginal / c.saved)
+            best.reason = (f"lowest marginal recoverability per latency share saved with "
                            f"{{{', '.join(chosen) or 'nothing'}}} dropped "
-                           f"({best.marginal:.4g} / {best.saved_ms:.3f} ms) among "
+                           f"({best.marginal:.4g} / {best.saved:.1%}) among "
                            f"{', '.join(c.block for c in remaining[:config.shortlist])}")
             current += best.marginal
         best.round = len(chosen) + 1
         chosen.append(best.block)
-        bar.update(round(best.saved_ms, 3))
+        bar.update(round(100 * best.saved, 1))
     bar.close()
     return chosen

@@ -1,12 +1,15 @@
-"""What each droppable block costs in ONNX Runtime, timed on its own and cached on disk.
+"""What share of the network's ONNX Runtime latency each droppable block costs, timed on its
+own and cached on disk.
 
 Dropping block ``b`` removes the nodes between its entry and its exit, so the latency it saves
 is the latency of that sub-graph: it is exported alone (input: the block's input shape at the
-user's batch) and timed with the user's thread count. Blocks with the same signature (the
+user's batch) and timed with the user's thread count, interleaved with the whole network, and
+kept as a fraction of the whole network's latency: a shared machine's load changes absolute
+times from one minute to the next, much less their ratios. Blocks with the same signature (the
 sequence of operations, module configurations and shapes, not the weights or node names) cost
-the same, so one timing serves them all; the cache file keeps timings between runs, keyed by
-signature, batch, threads, ONNX Runtime version and CPU, so re-running a selection, or another
-model built from the same blocks, times nothing again.
+the same, so one timing serves them all; the cache file keeps the fractions between runs, keyed
+by the network's and the block's signatures, batch, threads, ONNX Runtime version and CPU, so
+re-running a selection times nothing again.
 """
 
 from __future__ import annotations
@@ -68,40 +71,46 @@ class LatencyCache:
         os.replace(temp, self.path)
 
 
-def block_signature(gm: fx.GraphModule, block: Block, batch: int, threads: int) -> str:
-    """A hash of what decides the block's latency: its operations in order, each module's
-    configuration (``repr``: channels, kernel, stride, ...), every output shape, the batch, the
-    threads, the runtime version and the CPU."""
+def signature(gm: fx.GraphModule, names: Sequence[str], *context: object) -> str:
+    """A hash of what decides the latency of the nodes ``names``: their operations in order,
+    each module's configuration (``repr``: channels, kernel, stride, ...), every output shape,
+    and ``context`` (shapes, batch, threads), with the runtime version and the CPU."""
     modules = named_modules(gm)
     nodes = {node.name: node for node in gm.graph.nodes}
     ops = []
-    for name in block.nodes:
+    for name in names:
         node = nodes[name]
         what = repr(modules[node.target]) if node.op == "call_module" else str(node.target)
         ops.append([node.op, what, shape_of(node)[1:] if shape_of(node) else None])
-    text = json.dumps([ops, block.in_shape, batch, threads, onnxruntime.__version__,
-                       platform.machine(), platform.processor()], default=str)
+    text = json.dumps([ops, context, onnxruntime.__version__, platform.machine(),
+                       platform.processor()], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def block_latencies(gm: fx.GraphModule, blocks: Sequence[Block], batch: int = 1,
-                    threads: int = 1, cache: LatencyCache | None = None
-                    ) -> tuple[dict[str, float], int]:
-    """Milliseconds each block takes on its own (median of interleaved runs), by block id,
-    and how many distinct blocks had to be timed (0 when the cache had them all)."""
-    keys = {block.id: block_signature(gm, block, batch, threads) for block in blocks}
+def block_shares(gm: fx.GraphModule, blocks: Sequence[Block], input_size: Sequence[int],
+                 batch: int = 1, threads: int = 1, cache: LatencyCache | None = None
+                 ) -> tuple[dict[str, float], int]:
+    """Each block's own latency as a fraction of the whole network's (medians of interleaved
+    runs), by block id, and how many distinct blocks had to be timed (0: all cached)."""
+    network = signature(gm, [node.name for node in gm.graph.nodes], tuple(input_size), batch,
+                        threads)
+    keys = {block.id: network + ":" + signature(gm, block.nodes, block.in_shape, batch, threads)
+            for block in blocks}
     known = {key: cache.get(key) for key in set(keys.values())} if cache else {}
     missing = {key: block for block in blocks for key in [keys[block.id]]
                if known.get(key) is None}
     if missing:
         with tempfile.TemporaryDirectory(prefix="fxprune-blocks-") as scratch:
-            runners = []
-            for index, (key, block) in enumerate(missing.items()):
+            whole = export_onnx(gm, input_size, Path(scratch) / "network.onnx")
+            runners = [onnx_runner(whole, bench_input(input_size, batch), threads)]
+            for index, block in enumerate(missing.values()):
                 part = segment(gm, [block.entry], [block.exit])
                 path = export_onnx(part, block.in_shape, Path(scratch) / f"block{index}.onnx")
                 runners.append(onnx_runner(path, bench_input(block.in_shape, batch), threads))
-            timings = time_interleaved(runners, warmup=3, repeats=50, budget_s=TIMING_BUDGET_S)
-        measured = {key: timing.median_ms for key, timing in zip(missing, timings)}
+            network_time, *timings = time_interleaved(runners, warmup=3, repeats=50,
+                                                      budget_s=TIMING_BUDGET_S)
+        measured = {key: timing.median_ms / network_time.median_ms
+                    for key, timing in zip(missing, timings)}
         known.update(measured)
         if cache is not None:
             cache.put(measured)
