@@ -128,3 +128,11 @@ def test_compress_with_auto_drop(images, fake_latency, tmp_path):
     with pytest.raises(FxpruneError, match="only to --drop auto"):
         compress(cifar_resnet(20).eval(), images, SMALL_SIZE, drop="rule", budget=0.8,
                  progress=False)
+
+
+def test_a_budget_still_missed_is_reported(small_resnet, images, fake_latency, tmp_path):
+    fake_latency["per_block"] = 0.01  # the network barely speeds up, whatever is dropped
+    config = SelectionConfig(0.8, strategy="alone", recovery=QUICK, cache=tmp_path / "c.json")
+    with pytest.warns(FxpruneWarning, match="over the budget"):
+        selection = select_blocks(small_resnet, images, SMALL_SIZE, config, progress=False)
+    assert len(selection.blocks) == 2 + auto.MAX_EXTRA_BLOCKS

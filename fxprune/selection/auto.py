@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch import fx
 from tqdm.auto import tqdm
 
 from fxprune.analysis.structure import find_structure
-from fxprune.errors import FxpruneError
+from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.export import export_onnx
 from fxprune.latency import bench_input, onnx_runner, time_interleaved
 from fxprune.passes import DropBlocks
@@ -116,8 +117,9 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
                   scorer: Recoverability | None = None) -> Selection:
     """The blocks of ``teacher`` (a traced network, left untouched) to drop under
     ``config.budget``; see the module docstring. A ``scorer`` built on the same teacher and
-    images can be shared between calls (its scores are memoised). Raises ``FxpruneError`` when even dropping
-    every droppable block cannot meet the budget."""
+    images can be shared between calls (its scores are memoised). Raises ``FxpruneError`` when
+    even dropping every droppable block cannot meet the budget; warns when the measured
+    latency still misses it after ``MAX_EXTRA_BLOCKS`` more blocks."""
     start = time.perf_counter()
     size = tuple(input_size)
     structure = find_structure(teacher)
@@ -156,6 +158,11 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
             extra += 1
             ratio, original_ms = _whole_ratio(teacher, chosen, size, config.batch,
                                               config.threads, Path(scratch))
+    if ratio > config.budget:
+        warnings.warn(f"--drop auto: blocks {', '.join(chosen)} measured x{ratio:.3f} of the "
+                      f"original's latency, over the budget x{config.budget} (a busy machine "
+                      "makes timings noisy; fxprune bench --vs measures longer)", FxpruneWarning,
+                      stacklevel=2)
     for candidate in candidates.values():
         if candidate.round is None:
             candidate.reason = candidate.reason or "not needed: the budget was met without it"
