@@ -136,3 +136,23 @@ def test_filter_pruning_end_to_end(tmp_path):
     assert report["compressed"]["top1"] > report["pruned"]["top1"] + 10.0
     assert report["onnx_max_abs_diff"] <= 1e-4
     assert "pruned 50% of the filters of 9 feature maps" in (out / "report.md").read_text()
+
+
+def test_auto_drop_end_to_end(tmp_path, monkeypatch):
+    """``--drop auto --budget``: real timings (cached under FXPRUNE_CACHE), real scoring, and a
+    report that explains the choice; the chosen blocks are what was dropped and recovered."""
+    monkeypatch.setenv("FXPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "auto"
+    assert main(["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}",
+                 "--shots", "2", "--drop", "auto", "--budget", "0.9", "--threads", "1",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    auto = report["auto"]
+    assert report["drop"] == auto["blocks"] and auto["blocks"]
+    assert auto["strategy"] == "greedy" and len(auto["candidates"]) == 7  # ResNet-20's droppable
+    assert 0 < auto["predicted_ratio"] <= 0.9
+    chosen = [c for c in auto["candidates"] if c["round"] is not None]
+    assert sorted(c["block"] for c in chosen) == sorted(auto["blocks"])
+    assert json.loads((tmp_path / "cache" / "latency.json").read_text())  # timings kept
+    assert report["compressed"]["top1"] > report["pruned"]["top1"]
+    assert "## Automatic block choice (greedy)" in (out / "report.md").read_text()
