@@ -82,6 +82,22 @@ def time_interleaved(runners: Sequence[Runner], warmup: int = 3, repeats: int = 
     """Time every runner ``repeats`` times in round-robin order after ``warmup`` untimed
     rounds. With ``budget_s``, stop after the first round that ends past the budget (counted
     from the first timed round), but never before ``MIN_ROUNDS`` rounds."""
+    return [Timing.of(times) for times in interleaved_seconds(runners, warmup, repeats,
+                                                              budget_s)]
+
+
+def paired_ratios(runners: Sequence[Runner], warmup: int = 3, repeats: int = 20,
+                  budget_s: float | None = None) -> list[float]:
+    """For every runner after the first, the median over rounds of its time divided by the
+    first runner's time in the same round: neighbouring runs share the machine's load, so a
+    burst from another process skews one round's pair, not the median."""
+    first, *others = interleaved_seconds(runners, warmup, repeats, budget_s)
+    return [float(np.median(np.asarray(times) / np.asarray(first))) for times in others]
+
+
+def interleaved_seconds(runners: Sequence[Runner], warmup: int, repeats: int,
+                        budget_s: float | None) -> list[list[float]]:
+    """Seconds of every timed run, per runner, in round order (see ``time_interleaved``)."""
     if not runners or repeats < 1 or warmup < 0:
         raise ValueError("need at least one runner, repeats >= 1 and warmup >= 0")
     for _ in range(warmup):
@@ -96,7 +112,7 @@ def time_interleaved(runners: Sequence[Runner], warmup: int = 3, repeats: int = 
             times.append(time.perf_counter() - tick)
         if budget_s is not None and done >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
             break
-    return [Timing.of(times) for times in samples]
+    return samples
 
 
 def measure(runner: Runner, warmup: int = 3, repeats: int = 20,

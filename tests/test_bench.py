@@ -4,6 +4,7 @@ checks are on structure and loose bounds, never on exact speeds."""
 from __future__ import annotations
 
 import json
+import time
 
 import onnx
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from fxprune.cli import main
 from fxprune.export import export_onnx
 from fxprune.latency import (MIN_ROUNDS, bench_input, compare, measure, onnx_runner,
-                             time_interleaved, torch_runner)
+                             paired_ratios, time_interleaved, torch_runner)
 from fxprune.macs import node_macs, total_macs
 from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
@@ -54,6 +55,15 @@ def test_torch_runner_and_time_budget():
     assert timing.runs == MIN_ROUNDS and timing.median_ms > 0
     with pytest.raises(ValueError):
         time_interleaved([], repeats=1)
+
+
+def test_paired_ratios_of_runs_that_sleep():
+    def sleeper(seconds):
+        return lambda: time.sleep(seconds)
+    half, double = paired_ratios([sleeper(0.004), sleeper(0.002), sleeper(0.008)], warmup=1,
+                                 repeats=15)
+    # sleeps overshoot by a scheduler tick at most; loose bounds for a loaded machine
+    assert 0.3 <= half <= 0.8 and 1.4 <= double <= 2.6
 
 
 def _bench(capsys, *argv) -> tuple[int, str, str]:

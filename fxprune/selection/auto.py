@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.export import export_onnx
-from fxprune.latency import bench_input, onnx_runner, time_interleaved
+from fxprune.latency import bench_input, onnx_runner, paired_ratios, time_interleaved
 from fxprune.passes import DropBlocks
 from fxprune.recovery.practise import RecoveryConfig
 from fxprune.selection.block_latency import LatencyCache, block_shares
@@ -101,15 +101,16 @@ class Selection:
 
 def _whole_ratio(teacher: fx.GraphModule, ids: Sequence[str], input_size, batch: int,
                  threads: int, scratch: Path) -> tuple[float, float]:
-    """(pruned / original median latency, original ms), timed interleaved."""
+    """(pruned / original latency: the median of per-round ratios, original median ms),
+    timed interleaved."""
     pruned = DropBlocks(list(ids))(copy.deepcopy(teacher)).graph_module
     paths = [export_onnx(model, input_size, scratch / f"{name}.onnx")
              for name, model in (("original", teacher), ("pruned", pruned))]
     inputs = bench_input(input_size, batch)
-    original, candidate = time_interleaved([onnx_runner(path, inputs, threads)
-                                            for path in paths], warmup=3, repeats=CHECK_ROUNDS,
-                                           budget_s=CHECK_BUDGET_S)
-    return candidate.median_ms / original.median_ms, original.median_ms
+    runners = [onnx_runner(path, inputs, threads) for path in paths]
+    original, _ = time_interleaved(runners, warmup=1, repeats=20, budget_s=CHECK_BUDGET_S / 4)
+    ratio, = paired_ratios(runners, warmup=3, repeats=CHECK_ROUNDS, budget_s=CHECK_BUDGET_S)
+    return ratio, original.median_ms
 
 
 def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Sequence[int],

@@ -4,8 +4,9 @@ own and cached on disk.
 Dropping block ``b`` removes the nodes between its entry and its exit, so the latency it saves
 is the latency of that sub-graph: it is exported alone (input: the block's input shape at the
 user's batch) and timed with the user's thread count, interleaved with the whole network, and
-kept as a fraction of the whole network's latency: a shared machine's load changes absolute
-times from one minute to the next, much less their ratios. Blocks with the same signature (the
+kept as a fraction of the whole network's latency (the median over rounds of each round's
+ratio): a shared machine's load changes absolute times from one minute to the next, much less
+the ratio of two neighbouring runs. Blocks with the same signature (the
 sequence of operations, module configurations and shapes, not the weights or node names) cost
 the same, so one timing serves them all; the cache file keeps the fractions between runs, keyed
 by the network's and the block's signatures, batch, threads, ONNX Runtime version and CPU, so
@@ -30,7 +31,7 @@ from fxprune.analysis.structure import Block
 from fxprune.errors import FxpruneWarning
 from fxprune.export import export_onnx
 from fxprune.graph import named_modules, shape_of
-from fxprune.latency import bench_input, onnx_runner, time_interleaved
+from fxprune.latency import bench_input, onnx_runner, paired_ratios
 from fxprune.recovery.segments import segment
 
 TIMING_BUDGET_S = 15.0  # for all the distinct blocks of one network, timed interleaved
@@ -107,10 +108,8 @@ def block_shares(gm: fx.GraphModule, blocks: Sequence[Block], input_size: Sequen
                 part = segment(gm, [block.entry], [block.exit])
                 path = export_onnx(part, block.in_shape, Path(scratch) / f"block{index}.onnx")
                 runners.append(onnx_runner(path, bench_input(block.in_shape, batch), threads))
-            network_time, *timings = time_interleaved(runners, warmup=3, repeats=50,
-                                                      budget_s=TIMING_BUDGET_S)
-        measured = {key: timing.median_ms / network_time.median_ms
-                    for key, timing in zip(missing, timings)}
+            shares = paired_ratios(runners, warmup=3, repeats=50, budget_s=TIMING_BUDGET_S)
+        measured = dict(zip(missing, shares))
         known.update(measured)
         if cache is not None:
             cache.put(measured)
