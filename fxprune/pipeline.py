@@ -163,8 +163,9 @@ def _parse_decouple(decouple: str) -> tuple[str, float]:
     return method, value
 
 
-def _auto_selection(teacher, images, size, drop, budget, selection, progress):
-    """The blocks ``select_blocks`` chooses when ``drop == "auto"``; None otherwise."""
+def _auto_selection(teacher, images, size, drop, budget, selection, placement, progress):
+    """The blocks ``select_blocks`` chooses when ``drop == "auto"`` (scored with the adapters
+    at ``placement``); None otherwise."""
     if drop != "auto":
         if budget is not None or selection is not None:
             raise FxpruneError("a latency budget applies only to --drop auto")
@@ -173,8 +174,8 @@ def _auto_selection(teacher, images, size, drop, budget, selection, progress):
         raise FxpruneError("--drop auto needs a latency budget: --budget R, e.g. 0.8 for at "
                            "most 80% of the original's ONNX Runtime latency")
     config = selection or SelectionConfig(budget)
-    if budget is not None:
-        config = replace(config, budget=budget)
+    config = replace(config, placement=placement, **({"budget": budget} if budget is not None
+                                                      else {}))
     return select_blocks(teacher, images.cpu(), size, config, progress)
 
 
@@ -230,7 +231,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     teacher = trace(model, size, leaf_modules).eval()
     student = trace(model, size, leaf_modules).eval()
     structure = find_structure(student)
-    auto = _auto_selection(teacher, images, size, drop, budget, selection, progress)
+    auto = _auto_selection(teacher, images, size, drop, budget, selection, placement, progress)
     drop = auto.blocks if auto is not None else drop
     others = prune_filters is not None or sparsity is not None or decouple is not None
     ids = resolve_drop(structure, drop, required=not others)

@@ -94,6 +94,7 @@ def weights_files(tmp_path):
     ("auto without a budget", ["--drop=auto"], "--drop auto needs --budget"),
     ("budget without auto", ["--budget=0.8"], "--budget applies only to --drop auto"),
     ("budget out of range", ["--drop=auto", "--budget=1.5"], "ratio in (0, 1)"),
+    ("strategy without auto", ["--select=alone"], "--select applies only to --drop auto"),
 ])
 def test_user_errors(tmp_path, capsys, case, extra, message):
     argv = (_compress(tmp_path, model=extra[1]) if extra[0] == "compress"

@@ -187,3 +187,12 @@ def test_padding_and_shape_paths_do_not_hide_blocks():
     first, second = structure.blocks
     assert first.convs == ("expand_0", "depthwise_0", "project")  # the pad stays inside
     assert not first.droppable and second.droppable and second.shortcut == "identity"
+
+
+def test_structure_after_passes_that_add_nodes_without_shapes():
+    """Nodes a pass adds carry no ShapeProp record; the trunk must still see through them."""
+    from fxprune.pass_manager import PassManager
+    from fxprune.passes import DropBlocks, FactorizeConvs
+    gm = trace(cifar_resnet(20).eval(), (3, 32, 32))
+    gm = PassManager([FactorizeConvs("dwpw"), DropBlocks(["1.2"])])(gm).graph_module
+    assert [block.id for block in find_structure(gm).stages[0].blocks] == ["1.1", "1.3"]

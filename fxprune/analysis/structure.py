@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 import networkx as nx
+import torch
 from torch import fx, nn
 
 from fxprune.adapters import Adapter
@@ -30,6 +31,7 @@ from fxprune.errors import PreconditionError
 from fxprune.graph import (conv_of, feature_shape, is_activation, is_add, is_depthwise,
                            is_zero_pad, named_modules, output_node, tensor_inputs, to_digraph)
 
+SHAPE_TYPES = (int, float, bool, torch.Size)  # results that carry shapes, never features
 BLOCK_ID_META = "fxprune.block_id"
 DROPPED_META = "fxprune.dropped_blocks"  # gm.meta: ids of the blocks dropped so far
 # gm.meta: {exit node of a dropped block: the node whose value now flows in its place}
@@ -160,9 +162,9 @@ def trunk(graph: fx.Graph) -> list[fx.Node]:
     order. Paths through values that are not tensors (``x.size(0)`` feeding a final ``view``)
     carry shapes, not features, and do not count."""
     digraph = to_digraph(graph)
-    if any("tensor_meta" in node.meta for node in graph.nodes):  # shapes propagated
-        digraph.remove_nodes_from([node.name for node in graph.nodes if node.op not in (
-            "placeholder", "output") and "tensor_meta" not in node.meta])
+    # ShapeProp records each node's result type (nodes added by later passes have none)
+    digraph.remove_nodes_from([node.name for node in graph.nodes if node.op not in (
+        "placeholder", "output") and node.meta.get("type") in SHAPE_TYPES])
     root = "__fxprune_root__"
     for node in graph.nodes:
         if not node.all_input_nodes:

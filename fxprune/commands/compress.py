@@ -47,7 +47,7 @@ def register(commands) -> None:
     parser.add_argument("--budget", type=float, metavar="R",
                         help="with --drop auto: ONNX Runtime latency at most R x the "
                              "original's, at --batch and --threads")
-    parser.add_argument("--select", choices=STRATEGIES, default="greedy",
+    parser.add_argument("--select", choices=STRATEGIES,
                         help="with --drop auto: re-score the chosen set each round (greedy, "
                              "default) or rank blocks scored alone")
     parser.add_argument("--prune-filters", type=float, metavar="RATIO",
@@ -134,13 +134,14 @@ def _recovery_config(args: argparse.Namespace) -> RecoveryConfig:
 
 def _selection_config(args: argparse.Namespace) -> SelectionConfig | None:
     if args.drop != "auto":
-        if args.budget is not None:
-            raise FxpruneError("--budget applies only to --drop auto")
+        for option, value in (("--budget", args.budget), ("--select", args.select)):
+            if value is not None:
+                raise FxpruneError(f"{option} applies only to --drop auto")
         return None
     if args.budget is None:
         raise FxpruneError("--drop auto needs --budget R, e.g. --budget 0.8 for at most 80% "
                            "of the original's ONNX Runtime latency")
-    return SelectionConfig(args.budget, strategy=args.select, batch=args.bench_batch,
+    return SelectionConfig(args.budget, strategy=args.select or "greedy", batch=args.bench_batch,
                            threads=args.bench_threads)
 
 
@@ -150,7 +151,7 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     device = resolve_device(args.device)  # before any work: a typo must not cost a minute
     if all(option is None for option in (args.drop, args.prune_filters, args.sparsity,
                                          args.decouple)):
-        raise FxpruneError("nothing to compress: give --drop IDS|rule, --prune-filters RATIO, "
+        raise FxpruneError("nothing to compress: give --drop IDS|rule|auto, --prune-filters RATIO, "
                            "--decouple dwpw|lowrank:E and/or --sparsity S")
     recovery = _recovery_config(args)
     selection = _selection_config(args)

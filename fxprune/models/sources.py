@@ -45,7 +45,7 @@ _TORCHVISION_INPUT = {"inception_v3": (3, 299, 299)}
 
 _ACCEPTED_FORMS = (
     "expected one of: 'torchvision:<builder>' (e.g. torchvision:resnet18), "
-    "'cifar:resnet<depth>' (depth in 20, 32, 44, 56, 110), 'efficientnet:lite0', "
+    "'cifar:resnet<depth>' (depth in 20, 32, 44, 56, 110), 'efficientnet:lite0' (to lite4), "
     "'path/to/file.py:callable' or 'package.module:callable'"
 )
 _DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -72,8 +72,7 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
         loaded = _from_cifar(rest, use_default_weights=weights is None)
     elif sep and prefix == "efficientnet":
         # the package's own key names: weights load before its convs are made plain
-        loaded = _from_efficientnet(rest, weights)
-        return replace(loaded, weights=str(weights)) if weights is not None else loaded
+        return _from_efficientnet(rest, weights)
     elif ":" in spec:
         loaded = _from_callable(spec)
     else:

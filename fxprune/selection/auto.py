@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import fx
 from tqdm.auto import tqdm
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.export import export_onnx
-from fxprune.latency import bench_input, onnx_runner, paired_ratios, time_interleaved
+from fxprune.latency import bench_input, interleaved_seconds, onnx_runner
 from fxprune.passes import DropBlocks
 from fxprune.recovery.practise import RecoveryConfig
 from fxprune.selection.block_latency import LatencyCache, block_shares
@@ -104,13 +105,15 @@ def _whole_ratio(teacher: fx.GraphModule, ids: Sequence[str], input_size, batch:
     """(pruned / original latency: the median of per-round ratios, original median ms),
     timed interleaved."""
     pruned = DropBlocks(list(ids))(copy.deepcopy(teacher)).graph_module
-    paths = [export_onnx(model, input_size, scratch / f"{name}.onnx")
-             for name, model in (("original", teacher), ("pruned", pruned))]
+    original = scratch / "original.onnx"
+    if not original.exists():  # the same teacher for every check of one selection
+        export_onnx(teacher, input_size, original)
     inputs = bench_input(input_size, batch)
-    runners = [onnx_runner(path, inputs, threads) for path in paths]
-    original, _ = time_interleaved(runners, warmup=1, repeats=20, budget_s=CHECK_BUDGET_S / 4)
-    ratio, = paired_ratios(runners, warmup=3, repeats=CHECK_ROUNDS, budget_s=CHECK_BUDGET_S)
-    return ratio, original.median_ms
+    runners = [onnx_runner(path, inputs, threads) for path in
+               (original, export_onnx(pruned, input_size, scratch / "pruned.onnx"))]
+    first, second = interleaved_seconds(runners, 3, CHECK_ROUNDS, CHECK_BUDGET_S)
+    ratios = [b / a for a, b in zip(first, second)]
+    return float(np.median(ratios)), float(np.median(first)) * 1e3
 
 
 def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Sequence[int],
@@ -149,7 +152,7 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
         extra = 0
         while ratio > config.budget and extra < MAX_EXTRA_BLOCKS:
             remaining = sorted((c for c in candidates.values() if c.round is None),
-                               key=lambda c: c.cost)
+                               key=_rank)
             if not remaining:
                 break
             remaining[0].round = len(chosen) + 1
@@ -173,6 +176,14 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
                      time.perf_counter() - start)
 
 
+def _rank(candidate: Candidate) -> tuple[float, float]:
+    """Sort key, best first: recoverability lost per latency share saved (the marginal one
+    once re-scored; a negative marginal, noise of a brief recovery, counts as 0), then the
+    larger saving."""
+    lost = candidate.alone if candidate.marginal is None else max(candidate.marginal, 0.0)
+    return lost / candidate.saved, -candidate.saved
+
+
 def _choose(candidates: dict[str, Candidate], scorer: Recoverability, need: float,
             config: SelectionConfig, progress: bool) -> list[str]:
     """Block ids in the order chosen, until their latency shares add up to ``need``."""
@@ -180,10 +191,10 @@ def _choose(candidates: dict[str, Candidate], scorer: Recoverability, need: floa
     current = 0.0
     bar = tqdm(total=round(100 * need, 1), desc="choose blocks", leave=False,
                unit="% latency", disable=not progress or None)
-    while sum(candidates[block].saved for block in chosen) < need:
-        remaining = sorted((c for c in candidates.values() if c.round is None),
-                           key=lambda c: c.cost if c.marginal is None
-                           else c.marginal / c.saved)
+    while sum(candidates[block].saved for block in chosen) < need - 1e-9:
+        remaining = sorted((c for c in candidates.values() if c.round is None), key=_rank)
+        if not remaining:
+            break
         if config.strategy == "alone":
             best = remaining[0]
             best.reason = (f"rank {len(chosen) + 1} by recoverability alone per latency "
@@ -191,7 +202,7 @@ def _choose(candidates: dict[str, Candidate], scorer: Recoverability, need: floa
         else:
             for candidate in remaining[:config.shortlist]:
                 candidate.marginal = scorer([*chosen, candidate.block]) - current
-            best = min(remaining[:config.shortlist], key=lambda c: c.marginal / c.saved)
+            best = min(remaining[:config.shortlist], key=_rank)
             best.reason = (f"lowest marginal recoverability per latency share saved with "
                            f"{{{', '.join(chosen) or 'nothing'}}} dropped "
                            f"({best.marginal:.4g} / {best.saved:.1%}) among "

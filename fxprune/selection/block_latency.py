@@ -26,6 +26,7 @@ from pathlib import Path
 
 import onnxruntime
 from torch import fx
+from torch.fx.node import _get_qualified_name
 
 from fxprune.analysis.structure import Block
 from fxprune.errors import FxpruneWarning
@@ -46,45 +47,74 @@ def default_cache_path() -> Path:
 
 
 class LatencyCache:
-    """Milliseconds by key, in a JSON file written atomically; an unreadable file is reported
-    once and replaced by the next save, never half-overwritten."""
+    """Latency shares by key, in a JSON file written atomically; an unreadable file is reported
+    once and replaced by the next save, never half-overwritten. A save merges what the file
+    holds by then, so two runs sharing the cache keep each other's entries."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else default_cache_path()
         self.entries: dict[str, float] = {}
-        if self.path.exists():
-            try:
-                self.entries = {str(k): float(v) for k, v in
-                                json.loads(self.path.read_text()).items()}
-            except (ValueError, AttributeError, OSError) as error:
+        self.entries = self._read(warn=True)
+
+    def _read(self, warn: bool) -> dict[str, float]:
+        if not self.path.exists():
+            return {}
+        try:
+            return {str(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (ValueError, TypeError, AttributeError, OSError) as error:
+            if warn:
                 warnings.warn(f"latency cache {self.path} is unreadable ({error}); it will be "
-                              "rebuilt", FxpruneWarning, stacklevel=2)
+                              "rebuilt", FxpruneWarning, stacklevel=3)
+            return {}
 
     def get(self, key: str) -> float | None:
         return self.entries.get(key)
 
-    def put(self, timings: dict[str, float]) -> None:
-        self.entries.update(timings)
+    def put(self, shares: dict[str, float]) -> None:
+        self.entries = {**self._read(warn=False), **self.entries, **shares}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(prefix=".latency-", dir=self.path.parent)
-        with os.fdopen(handle, "w") as file:
-            json.dump(self.entries, file, indent=1, sort_keys=True)
-        os.replace(temp, self.path)
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump(self.entries, file, indent=1, sort_keys=True)
+            os.replace(temp, self.path)
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def signature(gm: fx.GraphModule, names: Sequence[str], *context: object) -> str:
-    """A hash of what decides the latency of the nodes ``names``: their operations in order,
-    each module's configuration (``repr``: channels, kernel, stride, ...), every output shape,
-    and ``context`` (shapes, batch, threads), with the runtime version and the CPU."""
+    """A hash of what decides the latency of the nodes ``names``: their operations in order
+    (qualified function names, never object addresses), each module's configuration (``repr``:
+    channels, kernel, stride, ...), the constant arguments (pad amounts, dims), every output
+    shape, and ``context`` (shapes, batch, threads), with the runtime version and the CPU."""
     modules = named_modules(gm)
     nodes = {node.name: node for node in gm.graph.nodes}
     ops = []
     for name in names:
         node = nodes[name]
-        what = repr(modules[node.target]) if node.op == "call_module" else str(node.target)
-        ops.append([node.op, what, shape_of(node)[1:] if shape_of(node) else None])
+        if node.op == "call_module":
+            what = repr(modules[node.target])
+        elif callable(node.target):
+            what = _get_qualified_name(node.target)
+        else:
+            what = str(node.target)
+        constants = fx.node.map_arg((node.args, node.kwargs), lambda _: "<node>")
+        ops.append([node.op, what, repr(constants), shape_of(node)[1:] if shape_of(node)
+                    else None])
     text = json.dumps([ops, context, onnxruntime.__version__, platform.machine(),
-                       platform.processor()], default=str)
+                       _cpu_model()], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
