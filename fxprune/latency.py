@@ -10,6 +10,7 @@ optional ``budget_s``.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ class Comparison:
     def ratio(self) -> float:
         """Median latency of ``a`` divided by that of ``b``."""
         return self.a.median_ms / self.b.median_ms
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def bench_input(input_size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.Tensor:

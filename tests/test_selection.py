@@ -43,7 +43,7 @@ def fake_latency(monkeypatch):
         return 1 - state["per_block"] * len(ids), 10.0
 
     monkeypatch.setattr(auto, "block_shares", shares)
-    monkeypatch.setattr(auto, "_whole_ratio", whole_ratio)
+    monkeypatch.setattr(auto, "whole_ratio", whole_ratio)
     return state
 
 

@@ -33,7 +33,7 @@ import fxprune  # noqa: E402
 from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from fxprune.selection import Recoverability, SelectionConfig, select_blocks  # noqa: E402
-from fxprune.selection.auto import _whole_ratio  # noqa: E402
+from fxprune.selection.auto import whole_ratio  # noqa: E402
 from tools.bench_cifar import SCHEMES, mean_std  # noqa: E402
 from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
@@ -60,7 +60,7 @@ class Bench:
 
     def ratio(self, ids) -> float:
         with tempfile.TemporaryDirectory() as scratch:
-            return _whole_ratio(self.teacher, ids, self.size, LATENCY["batch"],
+            return whole_ratio(self.teacher, ids, self.size, LATENCY["batch"],
                                 LATENCY["threads"], Path(scratch))[0]
 
     def recovered_row(self, ids, images, seed, seconds_before: float, tick: float) -> dict:

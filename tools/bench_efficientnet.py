@@ -33,7 +33,7 @@ from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.selection import SelectionConfig  # noqa: E402
-from fxprune.selection.auto import _whole_ratio  # noqa: E402
+from fxprune.selection.auto import whole_ratio  # noqa: E402
 from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
 BUDGET = 0.85
@@ -70,7 +70,7 @@ class Bench:
         seconds = time.perf_counter() - tick
         report = result.report
         with tempfile.TemporaryDirectory() as scratch:
-            latency = _whole_ratio(self.teacher, report["drop"], self.size, 1, 1,
+            latency = whole_ratio(self.teacher, report["drop"], self.size, 1, 1,
                                    Path(scratch))[0]
         return {"blocks": report["drop"], "pruned": self.scores(result.pruned),
                 "recovered": self.scores(result.model),

@@ -23,7 +23,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from fxprune import drop_sites, find_structure, load_model, trace  # noqa: E402
 from fxprune.export import export_onnx, onnx_max_abs_diff, onnx_op_counts  # noqa: E402
-from fxprune.latency import bench_input, onnx_runner, time_interleaved  # noqa: E402
+from fxprune.latency import bench_input, cpu_name, onnx_runner, time_interleaved  # noqa: E402
 from fxprune.macs import node_macs, total_macs  # noqa: E402
 from fxprune.pass_manager import PassManager  # noqa: E402
 from fxprune.analysis.channels import prunable_maps  # noqa: E402
@@ -242,7 +241,7 @@ def main(argv=None) -> None:
             rows += run_group(variants, family, large, settings, log)
         batches[family.name] = large
     command = " ".join([".venv/bin/python", "tools/bench_latency.py", *(argv or sys.argv[1:])])
-    meta = {"command": command, "cpu": _cpu_name(), "cores": os.cpu_count(),
+    meta = {"command": command, "cpu": cpu_name(), "cores": os.cpu_count(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "quick": settings.quick, "large_batch": batches, "warmup": settings.warmup,
             "repeats": settings.repeats, "budget_s": settings.budget_s,
@@ -302,16 +301,6 @@ def _scheme_text(dropped: list[str] | float) -> str:
     if isinstance(dropped, float):
         return f"{dropped:.0%} of prunable filters (L1)"
     return "drop " + ", ".join(dropped) if dropped else ""
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -151,8 +151,8 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     device = resolve_device(args.device)  # before any work: a typo must not cost a minute
     if all(option is None for option in (args.drop, args.prune_filters, args.sparsity,
                                          args.decouple)):
-        raise FxpruneError("nothing to compress: give --drop IDS|rule|auto, --prune-filters RATIO, "
-                           "--decouple dwpw|lowrank:E and/or --sparsity S")
+        raise FxpruneError("nothing to compress: give --drop IDS|rule|auto, --prune-filters "
+                           "RATIO, --decouple dwpw|lowrank:E and/or --sparsity S")
     recovery = _recovery_config(args)
     selection = _selection_config(args)
     loaded = load_model(args.model, args.weights)

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     compress_args = argparse.Namespace(
         model=MODEL, weights=weights, input_size=None, leaf=[], data=data, images=args.images,
         prune_filters=None, sparsity=None, decouple=None,
-        shots=None, drop="rule", budget=None, select=None, recover="practise", schedule=RecoveryConfig().schedule,
-        placement=None, finetune="none", seed=args.seed, eval=None, steps=None,
-        init=None, device=args.device, bench_batch=64, bench_threads=1)
+        shots=None, drop="rule", budget=None, select=None, recover="practise",
+        schedule=RecoveryConfig().schedule, placement=None, finetune="none", seed=args.seed,
+        eval=None, steps=None, init=None, device=args.device, bench_batch=64, bench_threads=1)
     print(f"fxprune demo: {MODEL}, dropping the paper's blocks, recovering from {args.images} "
           f"unlabelled images of {data} (a minute or two on a laptop CPU)")
     with atomic_output(args.out, args.force) as staging:

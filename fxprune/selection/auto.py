@@ -6,7 +6,7 @@ original's, at the user's batch and threads):
 1. every droppable block's own latency ``t_b`` is measured, as a fraction of the network's
    (``block_latency``; cached);
 2. every block is scored alone: ``r_b`` = recoverability of dropping ``b`` alone, and its cost
-   per millisecond saved is ``r_b / t_b``;
+   per share of latency saved is ``r_b / t_b``;
 3. ``"alone"`` (what the CVPR'23 code does) drops the blocks of lowest ``r_b / t_b`` until the
    savings reach ``(1 - R)`` of the original latency. ``"greedy"`` (the default) builds the set
    one block at a time: each round re-scores the ``shortlist`` best-ranked remaining blocks
@@ -100,10 +100,11 @@ class Selection:
         return asdict(self)
 
 
-def _whole_ratio(teacher: fx.GraphModule, ids: Sequence[str], input_size, batch: int,
+def whole_ratio(teacher: fx.GraphModule, ids: Sequence[str], input_size, batch: int,
                  threads: int, scratch: Path) -> tuple[float, float]:
-    """(pruned / original latency: the median of per-round ratios, original median ms),
-    timed interleaved."""
+    """(latency of ``teacher`` without blocks ``ids`` / the original's: the median of
+    per-round ratios, the original's median ms), timed interleaved; ``scratch`` keeps the
+    original's ONNX file between calls."""
     pruned = DropBlocks(list(ids))(copy.deepcopy(teacher)).graph_module
     original = scratch / "original.onnx"
     if not original.exists():  # the same teacher for every check of one selection
@@ -147,7 +148,7 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
                                          scorer([block.id]))
     chosen = _choose(candidates, scorer, need, config, progress)
     with tempfile.TemporaryDirectory(prefix="fxprune-select-") as scratch:
-        ratio, original_ms = _whole_ratio(teacher, chosen, size, config.batch, config.threads,
+        ratio, original_ms = whole_ratio(teacher, chosen, size, config.batch, config.threads,
                                           Path(scratch))
         extra = 0
         while ratio > config.budget and extra < MAX_EXTRA_BLOCKS:
@@ -160,7 +161,7 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
                                    f"x{config.budget}")
             chosen.append(remaining[0].block)
             extra += 1
-            ratio, original_ms = _whole_ratio(teacher, chosen, size, config.batch,
+            ratio, original_ms = whole_ratio(teacher, chosen, size, config.batch,
                                               config.threads, Path(scratch))
     if ratio > config.budget:
         warnings.warn(f"--drop auto: blocks {', '.join(chosen)} measured x{ratio:.3f} of the "

@@ -32,7 +32,7 @@ from fxprune.analysis.structure import Block
 from fxprune.errors import FxpruneWarning
 from fxprune.export import export_onnx
 from fxprune.graph import named_modules, shape_of
-from fxprune.latency import bench_input, onnx_runner, paired_ratios
+from fxprune.latency import bench_input, cpu_name, onnx_runner, paired_ratios
 from fxprune.recovery.segments import segment
 
 TIMING_BUDGET_S = 15.0  # for all the distinct blocks of one network, timed interleaved
@@ -83,17 +83,6 @@ class LatencyCache:
                 os.remove(temp)
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def signature(gm: fx.GraphModule, names: Sequence[str], *context: object) -> str:
     """A hash of what decides the latency of the nodes ``names``: their operations in order
     (qualified function names, never object addresses), each module's configuration (``repr``:
@@ -114,7 +103,7 @@ def signature(gm: fx.GraphModule, names: Sequence[str], *context: object) -> str
         ops.append([node.op, what, repr(constants), shape_of(node)[1:] if shape_of(node)
                     else None])
     text = json.dumps([ops, context, onnxruntime.__version__, platform.machine(),
-                       _cpu_model()], default=str)
+                       cpu_name()], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
