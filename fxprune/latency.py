@@ -1,8 +1,8 @@
 """Wall-clock latency of ONNX Runtime sessions and torch modules, measured fairly.
 
 A shared machine drifts (other processes, frequency, caches), so one model timed after another
-is not comparable. ``time_interleaved`` runs the candidates in turn, ``A B A B ...`` on the
-same input, and summarises each by its median and interquartile range: the drift hits both
+is not comparable. ``time_interleaved`` runs the candidates in turn, ``A B B A A B ...`` on
+the same input, and summarises each by its median and interquartile range: the drift hits both
 alike and the ratio of medians cancels most of it. Warm-up rounds run first and are discarded
 (lazy allocation, weight pre-packing, cold caches). Time is bounded by ``repeats`` and an
 optional ``budget_s``.
@@ -91,9 +91,10 @@ def torch_runner(module: nn.Module, inputs: torch.Tensor, threads: int = 1) -> R
 
 def time_interleaved(runners: Sequence[Runner], warmup: int = 3, repeats: int = 20,
                      budget_s: float | None = None) -> list[Timing]:
-    """Time every runner ``repeats`` times in round-robin order after ``warmup`` untimed
-    rounds. With ``budget_s``, stop after the first round that ends past the budget (counted
-    from the first timed round), but never before ``MIN_ROUNDS`` rounds."""
+    """Time every runner ``repeats`` times in rounds after ``warmup`` untimed rounds; odd
+    rounds run the runners in order, even rounds in reverse. With ``budget_s``, stop after
+    the first round that ends past the budget (counted from the first timed round), but never
+    before ``MIN_ROUNDS`` rounds."""
     return [Timing.of(times) for times in interleaved_seconds(runners, warmup, repeats,
                                                               budget_s)]
 
@@ -116,9 +117,12 @@ def interleaved_seconds(runners: Sequence[Runner], warmup: int, repeats: int,
         for runner in runners:
             runner()
     samples: list[list[float]] = [[] for _ in runners]
+    forward = list(zip(runners, samples))
     start = time.perf_counter()
     for done in range(1, repeats + 1):
-        for runner, times in zip(runners, samples):
+        # every other round in reverse, so no runner always follows the same neighbour (its
+        # cache footprint, its thread wake-ups) and a position effect averages out
+        for runner, times in forward if done % 2 else forward[::-1]:
             tick = time.perf_counter()
             runner()
             times.append(time.perf_counter() - tick)
@@ -135,6 +139,6 @@ def measure(runner: Runner, warmup: int = 3, repeats: int = 20,
 
 def compare(a: Runner, b: Runner, warmup: int = 3, repeats: int = 20,
             budget_s: float | None = None) -> Comparison:
-    """``a`` and ``b`` timed interleaved (A B A B ...); ``.ratio`` is a's median over b's."""
+    """``a`` and ``b`` timed interleaved (A B B A ...); ``.ratio`` is a's median over b's."""
     timing_a, timing_b = time_interleaved([a, b], warmup, repeats, budget_s)
     return Comparison(timing_a, timing_b)

@@ -18,16 +18,17 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from fxprune.analysis.channels import prunable_maps
+from fxprune.analysis.channels import coupled_maps, prunable_maps
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import Structure, find_structure, stand_in
 from fxprune.errors import FxpruneError, FxpruneWarning
-from fxprune.graph import adapter_nodes, conv_of, named_modules, owns_module, parameter_dtype
+from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, owns_module,
+                           parameter_dtype)
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.pass_manager import PassManager
 from fxprune.adapters import AdapterSite
 from fxprune.passes import (DropBlocks, FactorizeConvs, FoldAdapters, InsertAdapters,
-                            MaskWeights, PruneFilters)
+                            MaskWeights, PruneCoupledMaps, PruneFilters)
 from fxprune.passes.factorize_convs import factorizable
 from fxprune.passes.prune_filters import keep_counts
 from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune
@@ -138,6 +139,24 @@ def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int]
     return keep_counts([m for m in maps if m.producer not in crossing], float(prune_filters))
 
 
+def resolve_streams(gm: fx.GraphModule, prune_streams: float | Mapping[str, int] | None
+                    ) -> dict[str, int]:
+    """Channels kept per residual stream (``coupled_maps``, named by the first producer): a
+    ratio pruned from every stream, or explicit counts."""
+    if prune_streams is None:
+        return {}
+    if isinstance(prune_streams, Mapping):
+        return dict(prune_streams)
+    maps = coupled_maps(gm)
+    if not maps:
+        raise FxpruneError("no residual stream of this network can be pruned: each reaches an "
+                           "op that would need the pruned channels too (a parameter-free "
+                           "shortcut such as a slice and channel pad, or the pooling head)")
+    if not 0.0 <= prune_streams < 1.0:
+        raise FxpruneError(f"stream pruning ratio must be in [0, 1), not {prune_streams}")
+    return {m.name: max(1, round(m.channels * (1.0 - prune_streams))) for m in maps}
+
+
 def _up_to_last_stage(gm: fx.GraphModule, structure: Structure) -> set[str]:
     """Names of ``gm``'s nodes up to the last stage output (``structure`` from before any
     drop; a dropped exit counts where its stand-in is)."""
@@ -199,6 +218,7 @@ def zero_fraction(gm: fx.GraphModule, convs: Sequence[str]) -> float:
 def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], *,
              labels: torch.Tensor | None = None, drop: str | Sequence[str] | None = "rule",
              prune_filters: float | Mapping[str, int] | None = None,
+             prune_streams: float | Mapping[str, int] | None = None,
              sparsity: float | None = None, decouple: str | None = None,
              placement: str = "cvpr", recover: str = "practise",
              recovery: RecoveryConfig | None = None, finetune: str = "none",
@@ -213,14 +233,17 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     original's (``selection`` sets the strategy, batch and threads; ``fxprune.selection``);
     ``prune_filters``
     prunes a fraction of every prunable feature map's filters (L1 norm), or keeps the given
-    count per producer conv name; ``sparsity`` masks that fraction of the weights of every
-    conv (magnitude), except convs next to an adapter, which stay dense (folding an adapter
-    into a masked conv would fill its zeros); ``decouple`` (``"dwpw"`` or ``"lowrank:E"``)
-    factorizes every conv with no adapter next to it into a pair with an adapter between
-    (``FactorizeConvs``). At least one of them must compress something.
+    count per producer conv name; ``prune_streams`` the same for the residual streams between
+    blocks (``PruneCoupledMaps``, keyed by a stream's first producer; recovered layer-wise
+    only, since it narrows the stage outputs); ``sparsity`` masks that fraction of the
+    weights of every conv (magnitude), except convs next to an adapter, which stay dense
+    (folding an adapter into a masked conv would fill its zeros); ``decouple`` (``"dwpw"`` or
+    ``"lowrank:E"``) factorizes every conv with no adapter next to it into a pair with an
+    adapter between (``FactorizeConvs``). At least one of them must compress something.
     ``recover="none"`` skips the adapters (``finetune="ce-mse"`` then is the paper's Eq. 4
-    baseline). ``seed`` seeds every shuffle and augmentation. Training runs on ``device``
-    (e.g. ``"cuda"``); the returned models are on the CPU."""
+    baseline; a masked conv's zeros stay zero through it). ``seed`` seeds every shuffle and
+    augmentation. Training runs on ``device`` (e.g. ``"cuda"``); the returned models are on
+    the CPU."""
     if recover not in RECOVERIES:
         raise FxpruneError(f"unknown recovery '{recover}' (use {', '.join(RECOVERIES)})")
     if finetune not in FINETUNES:
@@ -233,15 +256,24 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     structure = find_structure(student)
     auto = _auto_selection(teacher, images, size, drop, budget, selection, placement, progress)
     drop = auto.blocks if auto is not None else drop
-    others = prune_filters is not None or sparsity is not None or decouple is not None
+    others = any(option is not None for option in (prune_filters, prune_streams, sparsity,
+                                                     decouple))
     ids = resolve_drop(structure, drop, required=not others)
     sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
     if recover == "practise" and not sites and not others:
         warnings.warn(f"no adapter can be placed (and folded) around blocks {ids}: the network "
                       "is only pruned, not recovered", FxpruneWarning, stacklevel=2)
         recover = "none"
-    student = PassManager([DropBlocks(ids), InsertAdapters(sites)])(student).graph_module
     config = recovery or RecoveryConfig()
+    if prune_streams is not None and recover == "practise" and config.schedule != "layerwise":
+        raise FxpruneError("pruning the residual streams narrows the stage outputs, which "
+                           f"{config.schedule} recovery compares with the teacher's at full "
+                           "width; use --schedule layerwise")
+    # streams before the drop's adapters: an adapter before a consumer would hide it
+    student = DropBlocks(ids)(student).graph_module
+    streams = resolve_streams(student, prune_streams)
+    student = PassManager([PruneCoupledMaps(streams), InsertAdapters(sites)])(
+        student).graph_module
     stage_outputs = {stand_in(student, stage.blocks[-1].exit) for stage in structure.stages} \
         if recover == "practise" and config.schedule != "layerwise" else set()
     keep = resolve_pruning(student, prune_filters, stage_outputs)
@@ -266,15 +298,17 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
             warnings.warn(f"--{option} selects no conv (each must be an ungrouped, zero-padded "
                           "nn.Conv2d with no adapter next to it, before the last stage output "
                           "for stage-wise recovery)", FxpruneWarning, stacklevel=2)
-    if masked and recover == "none" and finetune != "none":
-        raise FxpruneError("finetuning a masked network without recovery would fill the "
-                           "mask's zeros; use --recover practise with --sparsity")
     student = MaskWeights(sparsity or 0.0, masked)(student).graph_module
-    if recover == "none" and (keep or masked):  # the plain pruned network, BN kept
+    # folding keeps each conv's target, so a baseline finetune can hold its mask's zeros
+    masks = {f"{node.target}.weight": named_modules(student)[node.target].mask
+             for node in masked_nodes(student)} if recover == "none" else {}
+    if recover == "none" and (keep or streams or masked):  # the plain pruned network, BN kept
         student = FoldAdapters(batchnorm=False)(student).graph_module
-    pruned = PassManager([DropBlocks(ids), PruneFilters(keep), *factorization,
+    pruned = PassManager([DropBlocks(ids), PruneCoupledMaps(streams), PruneFilters(keep),
+                          *factorization,
                           MaskWeights(sparsity or 0.0, masked), FoldAdapters()])(
         copy.deepcopy(teacher)).graph_module
+    adapters = len(adapter_nodes(student)) + len(masked_nodes(student))
     phases: dict[str, float] = {}
     steps = []
     teacher, student, images = teacher.to(device), student.to(device), images.to(device)
@@ -291,7 +325,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
             recovered = FoldAdapters()(copy.deepcopy(student)).graph_module.eval()
         tick = time.perf_counter()
         config = replace(finetuning or FinetuneConfig(), objective=finetune, seed=seed)
-        run_finetune(teacher, student, images, labels, config, progress=progress)
+        run_finetune(teacher, student, images, labels, config, progress=progress, masks=masks)
         phases["finetune"] = time.perf_counter() - tick
     teacher, student = teacher.cpu(), student.cpu()
     recovered = recovered.cpu() if recovered is not None else None
@@ -302,11 +336,12 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
         "input_size": list(size), "images": len(images), "seed": seed,
         "drop": ids, "auto": auto.as_report() if auto is not None else None,
         "placement": placement if sites else None,
-        "adapters": len(sites) + 2 * len(keep) + len(masked) + len(factorized)
-        if recover == "practise" else 0,
+        "adapters": adapters if recover == "practise" else 0,
         "decouple": {"method": decouple, "convs": factorized} if factorized else None,
         "prune_filters": {"ratio": prune_filters if not isinstance(prune_filters, Mapping)
                           else None, "kept": keep} if keep else None,
+        "prune_streams": {"ratio": prune_streams if not isinstance(prune_streams, Mapping)
+                          else None, "kept": streams} if streams else None,
         "sparsity": {"target": sparsity, "masked_convs": masked,
                      "weights_zero": zero_fraction(student, masked)} if masked else None,
         "recover": recover, "finetune": finetune,

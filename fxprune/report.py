@@ -50,6 +50,11 @@ def _scheme(report: dict[str, Any]) -> str:
         kept = pruning["kept"]
         ratio = f"{pruning['ratio']:.0%} of the" if pruning["ratio"] is not None else "the"
         parts.append(f"pruned {ratio} filters of {len(kept)} feature maps (L1 norm)")
+    streams = report.get("prune_streams")
+    if streams:
+        ratio = f"{streams['ratio']:.0%} of the" if streams["ratio"] is not None else "the"
+        parts.append(f"pruned {ratio} channels of {len(streams['kept'])} residual streams "
+                     "(L1 norm)")
     decoupled = report.get("decouple")
     if decoupled:
         parts.append(f"factorized {len(decoupled['convs'])} convs ({decoupled['method']})")

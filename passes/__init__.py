@@ -7,7 +7,8 @@ from fxprune.passes.fold_batchnorm import FoldBatchNorm
 from fxprune.adapters import AdapterSite
 from fxprune.passes.insert_adapters import InsertAdapters
 from fxprune.passes.mask_weights import MaskWeights
+from fxprune.passes.prune_coupled import PruneCoupledMaps
 from fxprune.passes.prune_filters import PruneFilters
 
-__all__ = ["AdapterSite", "DropBlocks", "FactorizeConvs", "FoldAdapters", "FoldBatchNorm", "InsertAdapters",
-           "MaskWeights", "PruneFilters"]
+__all__ = ["AdapterSite", "DropBlocks", "FactorizeConvs", "FoldAdapters", "FoldBatchNorm",
+           "InsertAdapters", "MaskWeights", "PruneCoupledMaps", "PruneFilters"]

@@ -22,7 +22,7 @@ kept count outside 1..C, or a BN module called at several nodes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import fx, nn
@@ -36,9 +36,10 @@ from fxprune.rewrite import replace_module, unique_module_name
 from fxprune.tracing import example_input, propagate_shapes
 
 
-def l1_kept(conv: nn.Conv2d, keep: int) -> torch.Tensor:
-    """Indices (ascending) of the ``keep`` filters of ``conv`` with the largest L1 norm."""
-    norms = conv.weight.detach().abs().flatten(1).sum(1).double()
+def l1_kept(convs: Sequence[nn.Conv2d], keep: int) -> torch.Tensor:
+    """Indices (ascending) of the ``keep`` filters with the largest L1 norm, summed over
+    ``convs`` when several write the same channels (ties to the lower index)."""
+    norms = sum(conv.weight.detach().abs().flatten(1).sum(1).double().cpu() for conv in convs)
     order = sorted(range(len(norms)), key=lambda index: (-float(norms[index]), index))
     return torch.tensor(sorted(order[:keep]), dtype=torch.long)
 
@@ -88,48 +89,74 @@ def _target(gm: fx.GraphModule, name: str) -> str:
 
 def _prune(gm: fx.GraphModule, prunable: PrunableMap, keep: int) -> None:
     nodes = {node.name: node for node in gm.graph.nodes}
-    modules = named_modules(gm)
-    producer, consumer = nodes[prunable.producer], nodes[prunable.consumer]
-    conv = module_of(producer, modules)
-    kept = l1_kept(conv, keep).to(conv.weight.device)
-    selection = torch.zeros(keep, prunable.channels, dtype=conv.weight.dtype,
-                            device=conv.weight.device)
-    selection[torch.arange(keep, device=kept.device), kept] = 1.0
-    shrink = _add_adapter(gm, prunable.channels, keep, selection, bias=True)
-    grow = _add_adapter(gm, keep, prunable.channels, selection.T, bias=False)
+    kept = l1_kept([module_of(nodes[prunable.producer], named_modules(gm))], keep)
+    group = prunable.producer
+    shrink_output(gm, nodes[prunable.producer], kept, prunable.channels, group)
+    grow_input(gm, nodes[prunable.consumer], kept, prunable.channels, group)
+    if prunable.batchnorm is not None:
+        select_batchnorm(gm, nodes[prunable.batchnorm], kept, group)
+
+
+def _selection(kept: torch.Tensor, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """S (len(kept) x channels): ``S[i, kept[i]] = 1``."""
+    selection = torch.zeros(len(kept), channels, dtype=like.dtype, device=like.device)
+    selection[torch.arange(len(kept)), kept] = 1.0
+    return selection
+
+
+def shrink_output(gm: fx.GraphModule, producer: fx.Node, kept: torch.Tensor, channels: int,
+                  group: str) -> fx.Node:
+    """Put ``A_out = S`` (channels -> kept, with a bias) between conv ``producer`` and all its
+    users."""
+    weight = module_of(producer, named_modules(gm)).weight
+    name = _add_adapter(gm, channels, len(kept), _selection(kept, channels, weight), bias=True)
     with gm.graph.inserting_after(producer):
-        shrink_node = gm.graph.call_module(shrink, (producer,))
-    producer.replace_all_uses_with(shrink_node, delete_user_cb=lambda user: user is not shrink_node)
+        node = gm.graph.call_module(name, (producer,))
+    producer.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node)
+    node.meta[ADAPTER_META] = AdapterSite(producer.name, "output")
+    node.meta[PRUNE_GROUP_META] = group
+    return node
+
+
+def grow_input(gm: fx.GraphModule, consumer: fx.Node, kept: torch.Tensor, channels: int,
+               group: str) -> fx.Node:
+    """Put ``A_in = S^T`` (kept -> channels, no bias: it may sit before zero padding) right
+    before conv ``consumer``."""
+    weight = module_of(consumer, named_modules(gm)).weight
+    name = _add_adapter(gm, len(kept), channels, _selection(kept, channels, weight).T,
+                        bias=False)
     source = consumer.args[0]
     with gm.graph.inserting_before(consumer):
-        grow_node = gm.graph.call_module(grow, (source,))
-    consumer.replace_input_with(source, grow_node)
-    shrink_node.meta[ADAPTER_META] = AdapterSite(prunable.producer, "output")
-    grow_node.meta[ADAPTER_META] = AdapterSite(prunable.consumer, "input")
-    group = [shrink_node, grow_node]
-    if prunable.batchnorm is not None:
-        bn_node = nodes[prunable.batchnorm]
-        replace_module(gm, bn_node, _selected_batchnorm(module_of(bn_node, modules), kept))
-        group.append(bn_node)
-    for node in group:
-        node.meta[PRUNE_GROUP_META] = prunable.producer
+        node = gm.graph.call_module(name, (source,))
+    consumer.replace_input_with(source, node)
+    node.meta[ADAPTER_META] = AdapterSite(consumer.name, "input")
+    node.meta[PRUNE_GROUP_META] = group
+    return node
+
+
+def select_batchnorm(gm: fx.GraphModule, node: fx.Node, kept: torch.Tensor, group: str) -> None:
+    """Replace the BN that ``node`` calls by one over the ``kept`` channels."""
+    replace_module(gm, node, _selected_batchnorm(module_of(node, named_modules(gm)), kept))
+    node.meta[PRUNE_GROUP_META] = group
 
 
 def _add_adapter(gm, channels: int, out_channels: int, weight: torch.Tensor, bias: bool) -> str:
     name = unique_module_name(gm, "fxprune_prune")
     adapter = Adapter(channels, bias=bias, out_channels=out_channels).to(weight)
     with torch.no_grad():
-        adapter.weight.copy_(weight.view(out_channels, channels, 1, 1))
+        adapter.weight.copy_(weight.reshape(out_channels, channels, 1, 1))
     gm.add_submodule(name, adapter)
     return name
 
 
 def _selected_batchnorm(bn: nn.BatchNorm2d, kept: torch.Tensor) -> nn.BatchNorm2d:
     """A new BN over the ``kept`` channels with their statistics and affine parameters."""
+    reference = bn.running_mean if bn.running_mean is not None else bn.weight
+    kept = kept.to(reference.device if reference is not None else "cpu")
     new = nn.BatchNorm2d(len(kept), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
                          track_running_stats=bn.track_running_stats,
-                         device=kept.device, dtype=bn.running_mean.dtype
-                         if bn.running_mean is not None else None)
+                         device=kept.device, dtype=reference.dtype
+                         if reference is not None else None)
     with torch.no_grad():
         for attribute in ("weight", "bias", "running_mean", "running_var"):
             value = getattr(bn, attribute)

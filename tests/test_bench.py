@@ -11,8 +11,8 @@ import pytest
 from fxprune import latency
 from fxprune.cli import main
 from fxprune.export import export_onnx
-from fxprune.latency import (MIN_ROUNDS, bench_input, compare, measure, onnx_runner,
-                             paired_ratios, time_interleaved, torch_runner)
+from fxprune.latency import (MIN_ROUNDS, bench_input, compare, interleaved_seconds, measure,
+                             onnx_runner, paired_ratios, time_interleaved, torch_runner)
 from fxprune.macs import node_macs, total_macs
 from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
@@ -58,23 +58,30 @@ def test_torch_runner_and_time_budget():
 
 
 def test_paired_ratios_ignore_a_burst(monkeypatch):
-    """On a fake clock: runs take 4, 2 and 8 ticks, except one round where another process
-    stalls the last two runs 50x; the per-round median ratio does not move."""
+    """On a fake clock: runs take 4, 2 and 8 ticks, except in the third round, where another
+    process stalls the last two runners 50x; the per-round median ratio does not move."""
     clock = [0.0]
     monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
-    rounds = [0]
+    calls = [0]
 
     def runner(ticks, bursty=False):
         def run():
-            clock[0] += ticks * (50 if bursty and rounds[0] == 2 else 1)
+            calls[0] += 1
+            in_third_round = 6 < calls[0] <= 9
+            clock[0] += ticks * (50 if bursty and in_third_round else 1)
         return run
 
-    def first():
-        rounds[0] += 1
-        clock[0] += 4
-    half, double = paired_ratios([first, runner(2, True), runner(8, True)], warmup=0,
+    half, double = paired_ratios([runner(4), runner(2, True), runner(8, True)], warmup=0,
                                  repeats=5)
     assert half == 0.5 and double == 2.0
+
+
+def test_interleaved_rounds_alternate_order():
+    order = []
+    runners = [lambda name=name: order.append(name) for name in "abc"]
+    samples = interleaved_seconds(runners, warmup=1, repeats=3, budget_s=None)
+    assert "".join(order) == "abc" + "abc" + "cba" + "abc"
+    assert [len(times) for times in samples] == [3, 3, 3]
 
 
 def _bench(capsys, *argv) -> tuple[int, str, str]:

@@ -14,6 +14,7 @@ from fxprune.graph import masked_nodes, named_modules
 from fxprune.models import cifar_resnet
 from fxprune.passes import FoldAdapters, MaskWeights
 from fxprune.passes.mask_weights import magnitude_mask
+from fxprune.recovery.finetune import FinetuneConfig, finetune
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
@@ -123,9 +124,37 @@ def test_compress_with_sparsity_reports_the_zeros():
     # convs next to the drop's adapters stay dense; every other conv is 90% zeros exactly
     assert 0 < len(sparsity["masked_convs"]) < 19
     assert sparsity["weights_zero"] == pytest.approx(0.9, abs=0.001)
-    with pytest.raises(fxprune.FxpruneError, match="fill the mask's zeros"):
-        fxprune.compress(model, images, SIZE, drop=None, sparsity=0.9, recover="none",
-                         finetune="mse", progress=False)
+
+
+def test_baseline_finetune_of_a_masked_network_keeps_its_zeros():
+    """``recover="none"`` + finetune trains the weights themselves (momentum SGD, which would
+    move a zero weight); the mask is re-applied after every step."""
+    torch.manual_seed(0)
+    model = cifar_resnet(20).eval()
+    images = example_input(SIZE, batch=8, seed=2)
+    # a small step: an untrained network's features are large, and a NaN would hide the zeros
+    quick = FinetuneConfig(epochs=3, batch_size=4, lr=1e-6, augment=False)
+    result = fxprune.compress(model, images, SIZE, drop=None, sparsity=0.9, recover="none",
+                              finetune="mse", finetuning=quick, progress=False)
+    masked = result.report["sparsity"]["masked_convs"]
+    assert len(masked) == 19
+    assert result.report["sparsity"]["weights_zero"] == pytest.approx(0.9, abs=0.001)
+    pruned, compressed = named_modules(result.pruned), named_modules(result.model)
+    targets = {node.name: node.target for node in result.model.graph.nodes}
+    for name in masked:
+        before = pruned[targets[name]].weight
+        after = compressed[targets[name]].weight
+        assert torch.equal(before == 0, after == 0), name  # exactly the same zeros
+    assert any(not torch.allclose(pruned[targets[name]].weight,
+                                  compressed[targets[name]].weight) for name in masked)
+
+
+def test_finetune_refuses_a_mask_for_no_parameter(resnet):
+    teacher = trace(resnet, SIZE)
+    with pytest.raises(PreconditionError, match="nope.weight"):
+        finetune(teacher, trace(resnet, SIZE), example_input(SIZE, batch=2), None,
+                 FinetuneConfig(objective="mse", epochs=1), progress=False,
+                 masks={"nope.weight": torch.ones(1)})
 
 
 def test_closed_form_recovery_trains_masked_convs_by_gradient(resnet):

@@ -67,8 +67,9 @@ def test_maps_found_from_the_graph():
 def test_l1_selection_keeps_the_largest_filters_in_order():
     conv = nn.Conv2d(2, 5, 1, bias=False)
     with torch.no_grad():
-        conv.weight.copy_(torch.tensor([1.0, -4.0, 2.0, 3.0, -2.0]).view(5, 1, 1, 1).repeat(1, 2, 1, 1))
-    assert l1_kept(conv, 3).tolist() == [1, 2, 3]  # |-4|, |3|, then the tie 2 / -2 -> index 2
+        conv.weight.copy_(torch.tensor([1.0, -4.0, 2.0, 3.0, -2.0]).view(5, 1, 1, 1)
+                          .repeat(1, 2, 1, 1))
+    assert l1_kept([conv], 3).tolist() == [1, 2, 3]  # |-4|, |3|, then the tie 2 / -2 -> index 2
     assert keep_counts(prunable_maps(fxprune.trace(PlainNet(), SIZE)), 0.5) == {
         "conv1": 4, "conv2": 3}
 
@@ -84,7 +85,7 @@ def _hand_pruned(gm, keep):
     modules = {node.name: gm.get_submodule(node.target) for node in gm.graph.nodes
                if node.op == "call_module"}
     return [modules[m.consumer].register_forward_pre_hook(
-                zero_pruned(l1_kept(modules[m.producer], keep[m.producer])))
+                zero_pruned(l1_kept([modules[m.producer]], keep[m.producer])))
             for m in prunable_maps(gm) if m.producer in keep]
 
 

@@ -4,11 +4,14 @@ recover from 100 or 500 of them, evaluate on others.
 The 1,000 images (one per class) are split once (seed 0) into a 500-image pool and 500 held-out
 images; tiny sets are drawn from the pool (N = 500: all of it), evaluation is always on the
 same held-out 500. Choices: ``rule`` (the 2nd block of every stage that has one: 2.2, 3.2, 4.2,
-5.2, 6.2) and ``auto`` (``--drop auto --budget 0.85``, greedy). Reported per choice: top-1 and
+5.2, 6.2), ``auto`` (``--drop auto --budget 0.85``, greedy) and ``streams`` (no block dropped:
+``--prune-streams 0.25``, a quarter of the channels of every residual stream between inverted
+residuals, recovered layer-wise). Reported per choice: top-1 and
 agreement with the original on the held-out images for the pruned (no recovery) and the
 recovered network, the MAC ratio, the ONNX Runtime latency ratio (batch 1, one thread,
 interleaved) and seconds. Recovery: the default stage-wise PRACTISE with ``--steps`` Adam steps
-per stage (default 100: 224x224 inputs make each step ~50x a CIFAR step on this CPU).
+per stage (default 100: 224x224 inputs make each step ~50x a CIFAR step on this CPU); for
+``streams``, layer-wise with ``--steps`` steps per stream.
 
     .venv/bin/python tools/bench_efficientnet.py [--sizes 100 500] [--seeds 0] [--steps 100]
                                                  [--threads T]
@@ -30,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 import fxprune  # noqa: E402
 from fxprune.datasets import open_pool, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
+from fxprune.export import export_onnx  # noqa: E402
+from fxprune.latency import bench_input, onnx_runner, paired_ratios  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.selection import SelectionConfig  # noqa: E402
@@ -37,6 +42,7 @@ from fxprune.selection.auto import whole_ratio  # noqa: E402
 from tools.results_file import add_run_arguments, open_results  # noqa: E402
 
 BUDGET = 0.85
+STREAM_RATIO = 0.25
 RESULTS = ROOT / "tools" / "results" / "efficientnet_lite0"
 COMMAND = "`.venv/bin/python tools/bench_efficientnet.py --threads 1`"
 
@@ -58,12 +64,25 @@ class Bench:
         return {"top1": percent_equal(predicted, self.labels[self.held]),
                 "agreement": percent_equal(predicted, self.reference)}
 
+    def latency_ratio(self, model, scratch: Path) -> float:
+        """ONNX Runtime, batch 1, one thread: median per-round ratio to the original."""
+        inputs = bench_input(self.size)
+        runners = [onnx_runner(export_onnx(net, self.size, scratch / f"{name}.onnx"), inputs,
+                               threads=1)
+                   for name, net in (("original", self.teacher), ("compressed", model))]
+        return paired_ratios(runners, warmup=3, repeats=200, budget_s=60.0)[0]
+
     def run(self, choice: str, size: int, seed: int, steps: int) -> dict:
         draw = torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(seed))
         tiny = self.images[self.pool[draw[:size]]]
-        recovery = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=steps, patience=20))
-        options = dict(drop="rule") if choice == "rule" else dict(
-            drop="auto", selection=SelectionConfig(BUDGET, batch=1, threads=1))
+        fit = FitConfig(lr=1e-3, max_steps=steps, patience=20)
+        recovery = RecoveryConfig(fit=fit)
+        options = {"rule": dict(drop="rule"),
+                   "auto": dict(drop="auto", selection=SelectionConfig(BUDGET, batch=1,
+                                                                      threads=1)),
+                   "streams": dict(drop=None, prune_streams=STREAM_RATIO)}[choice]
+        if choice == "streams":
+            recovery = RecoveryConfig(schedule="layerwise", fit=fit)
         tick = time.perf_counter()
         result = fxprune.compress(self.loaded.model, tiny, self.size, recovery=recovery,
                                   seed=seed, progress=False, **options)
@@ -71,8 +90,9 @@ class Bench:
         report = result.report
         with tempfile.TemporaryDirectory() as scratch:
             latency = whole_ratio(self.teacher, report["drop"], self.size, 1, 1,
-                                   Path(scratch))[0]
-        return {"blocks": report["drop"], "pruned": self.scores(result.pruned),
+                                  Path(scratch))[0] if report["drop"] else \
+                self.latency_ratio(result.model, Path(scratch))
+        return {"blocks": report["drop"] or [f"streams -{STREAM_RATIO:.0%}"], "pruned": self.scores(result.pruned),
                 "recovered": self.scores(result.model),
                 "mac_ratio": report["compressed"]["macs"] / report["original"]["macs"],
                 "latency_ratio": latency, "seconds": seconds, "steps": steps,
@@ -106,7 +126,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 500])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--choices", nargs="+", choices=("rule", "auto"),
+    parser.add_argument("--choices", nargs="+", choices=("rule", "auto", "streams"),
                         default=["rule", "auto"])
     parser.add_argument("--steps", type=int, default=100)
     add_run_arguments(parser, RESULTS)

@@ -1,7 +1,8 @@
 """The paper's other layer-wise schemes on CIFAR-10 ResNet-56 with 50 images: DW-PW
 decoupling, low-rank (PCA, energy 0.4) and 90% unstructured masks, each with no recovery,
-the Eq. 4 baseline (not for masks: finetuning would fill the zeros) and PRACTISE. Top-1 on the
-1,017 lossless test images, seeds 0-2 (5 images per class). Resumable.
+the Eq. 4 baseline (for masks: the weights finetuned, the mask re-applied after each step)
+and PRACTISE. Top-1 on the 1,017 lossless test images, seeds 0-2 (5 images per class).
+Resumable.
 
     .venv/bin/python tools/bench_schemes.py [--seeds 0 1 2] [--threads T]
 """
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
         for scheme in SCHEMES:
             rows = results["cells"].setdefault(f"{scheme}/{seed}", {})
             for method, (recover, finetune) in METHODS.items():
-                if method in rows or (scheme.startswith("sparsity") and method == "baseline"):
+                if method in rows:
                     continue
                 torch.manual_seed(seed)
                 result, rows[method] = bench.run(images, labels, seed, recover, finetune, scheme,

@@ -53,6 +53,10 @@ def register(commands) -> None:
     parser.add_argument("--prune-filters", type=float, metavar="RATIO",
                         help="prune this fraction of the filters of every prunable feature map "
                              "(L1 norm), e.g. 0.5")
+    parser.add_argument("--prune-streams", type=float, metavar="RATIO",
+                        help="prune this fraction of the channels of every residual stream "
+                             "between blocks, shortcuts included (L1 norm summed over the "
+                             "stream's convs); needs --schedule layerwise")
     parser.add_argument("--decouple", metavar="dwpw|lowrank:E",
                         help="factorize convs: depthwise + pointwise, or a low-rank pair "
                              "keeping energy E of the output's PCA (default 0.4)")
@@ -149,10 +153,11 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     """The whole command, writing its outputs into ``folder``; returns the report."""
     start = time.perf_counter()
     device = resolve_device(args.device)  # before any work: a typo must not cost a minute
-    if all(option is None for option in (args.drop, args.prune_filters, args.sparsity,
-                                         args.decouple)):
+    if all(option is None for option in (args.drop, args.prune_filters, args.prune_streams,
+                                         args.sparsity, args.decouple)):
         raise FxpruneError("nothing to compress: give --drop IDS|rule|auto, --prune-filters "
-                           "RATIO, --decouple dwpw|lowrank:E and/or --sparsity S")
+                           "RATIO, --prune-streams RATIO, --decouple dwpw|lowrank:E and/or "
+                           "--sparsity S")
     recovery = _recovery_config(args)
     selection = _selection_config(args)
     loaded = load_model(args.model, args.weights)
@@ -167,7 +172,8 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     _check_labels(loaded.model, eval_images[:1], chosen, evaluation)
     placement = args.placement or ("paper" if args.schedule == "layerwise" else "cvpr")
     result = compress(loaded.model, images, size, labels=chosen.labels, drop=args.drop,
-                      prune_filters=args.prune_filters, sparsity=args.sparsity,
+                      prune_filters=args.prune_filters, prune_streams=args.prune_streams,
+                      sparsity=args.sparsity,
                       decouple=args.decouple, selection=selection,
                       placement=placement, recover=args.recover,
                       recovery=recovery, finetune=args.finetune, seed=args.seed,

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     data, weights = _inputs(args)
     compress_args = argparse.Namespace(
         model=MODEL, weights=weights, input_size=None, leaf=[], data=data, images=args.images,
-        prune_filters=None, sparsity=None, decouple=None,
+        prune_filters=None, prune_streams=None, sparsity=None, decouple=None,
         shots=None, drop="rule", budget=None, select=None, recover="practise",
         schedule=RecoveryConfig().schedule, placement=None, finetune="none", seed=args.seed,
         eval=None, steps=None, init=None, device=args.device, bench_batch=64, bench_threads=1)

@@ -8,12 +8,16 @@
 * ``"mir"`` (the CVPR'23 code): MSE on the pre-pooling feature map, all parameters trainable,
   BN in train mode.
 
+A masked (unstructured-pruned) network keeps its zeros: ``masks`` maps parameter names to
+0/1 tensors multiplied into the parameters after every step, whatever the optimizer does.
+
 The penultimate feature is the input of the last ``nn.Linear`` (the classifier); the
 pre-pooling feature is the output of the last stage. Both are found from the graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +29,7 @@ from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.datasets import augment
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import module_of, named_modules, output_node
-from fxprune.recovery.fit import set_batchnorm_training, trainable
+from fxprune.recovery.fit import channels_last, set_batchnorm_training, trainable
 from fxprune.recovery.segments import segment
 
 OBJECTIVES = ("ce-mse", "mse", "mir")
@@ -70,8 +74,10 @@ def _logits_name(gm: fx.GraphModule) -> str:
 
 def finetune(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tensor,
              labels: torch.Tensor | None, config: FinetuneConfig = FinetuneConfig(),
-             progress: bool = True) -> list[float]:
-    """Train all of ``student``'s parameters in place; returns the loss of every epoch."""
+             progress: bool = True, masks: Mapping[str, torch.Tensor] | None = None
+             ) -> list[float]:
+    """Train all of ``student``'s parameters in place, each one named in ``masks`` kept zero
+    where its mask is; returns the loss of every epoch."""
     if config.objective == "ce-mse" and labels is None:
         raise FxpruneError("finetune 'ce-mse' needs labelled images; use 'mse' or 'mir' for an "
                            "unlabelled set")
@@ -82,11 +88,17 @@ def finetune(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Ten
     teacher_net = segment(teacher.eval(), [source], [feature])
     generator = torch.Generator().manual_seed(config.seed)
     parameters = list(student.parameters())
+    named = dict(student.named_parameters())
+    unknown = sorted(set(masks or {}) - set(named))
+    if unknown:
+        raise PreconditionError(f"masks name no parameter of the student: {', '.join(unknown)}")
+    masked = [(named[name], mask.to(named[name])) for name, mask in (masks or {}).items()]
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
     history: list[float] = []
     epochs = tqdm(range(config.epochs), desc=f"finetune {config.objective}", leave=False,
                   disable=not progress or None)
-    with trainable(student, parameters):
+    images = images.contiguous(memory_format=torch.channels_last)
+    with trainable(student, parameters), channels_last(teacher, student):
         for _ in epochs:
             set_batchnorm_training(student, config.objective == "mir")
             order = torch.randperm(len(images), generator=generator)
@@ -107,6 +119,9 @@ def finetune(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Ten
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                with torch.no_grad():
+                    for parameter, mask in masked:
+                        parameter.mul_(mask)
                 total += loss.item() * len(index)
             history.append(total / len(images))
             epochs.set_postfix(loss=f"{history[-1]:.4g}")

@@ -35,6 +35,20 @@ class FitConfig:
             raise ValueError(f"invalid fit configuration {self}")
 
 
+@contextmanager
+def channels_last(*modules: nn.Module):
+    """Inside, the modules' 4-D parameters and buffers are channels-last (NHWC in memory):
+    CPU convolutions train about a fifth faster that way. After, they are contiguous again,
+    so the rest of the pipeline (folding, export) sees ordinary tensors."""
+    for module in modules:
+        module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to(memory_format=torch.contiguous_format)
+
+
 def set_batchnorm_training(module: nn.Module, training: bool) -> None:
     """Eval mode everywhere, except BN layers in train mode when ``training`` (batch
     statistics in the forward pass, running statistics updated)."""

@@ -42,9 +42,9 @@ the adapters train.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
+import networkx as nx
 import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
@@ -52,8 +52,9 @@ from tqdm.auto import tqdm
 from fxprune.adapters import ADAPTER_META, PRUNE_GROUP_META
 from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.errors import PreconditionError
-from fxprune.graph import adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes
-from fxprune.recovery.fit import FitConfig, fit, set_batchnorm_training
+from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes,
+                           to_digraph)
+from fxprune.recovery.fit import FitConfig, channels_last, fit, set_batchnorm_training
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.segments import run_batched, segment
 
@@ -111,22 +112,24 @@ def _parameters(gm: fx.GraphModule, nodes: list[fx.Node]) -> list[nn.Parameter]:
     return [parameter for node in nodes for parameter in modules[node.target].parameters()]
 
 
-def _train(student, teacher_feature, inputs, adapters, target, config, progress) -> StepReport:
-    """Fit ``adapters`` so that segment ``inputs -> target`` of the student matches."""
+def _train(student, teacher_features, inputs, adapters, targets, config, progress
+           ) -> StepReport:
+    """Fit ``adapters`` so that segment ``inputs -> targets`` of the student matches
+    ``teacher_features`` (``inputs``: node names and their features)."""
     start = time.perf_counter()
-    module = segment(student, inputs[0], [target])
-    before = _losses(module, inputs[1][0], [teacher_feature], config.eval_batch_size)
+    module = segment(student, inputs[0], targets)
+    before = _losses(module, inputs[1], teacher_features, config.eval_batch_size)
     set_batchnorm_training(student, config.bn == "train")
-    history = fit(module, _parameters(student, adapters), inputs[1], [teacher_feature],
-                  config.fit, description=f"adapters -> {target}", progress=progress)
+    history = fit(module, _parameters(student, adapters), inputs[1], teacher_features,
+                  config.fit, description=f"adapters -> {','.join(targets)}", progress=progress)
     student.eval()
-    after = _losses(module, inputs[1][0], [teacher_feature], config.eval_batch_size)
-    return StepReport(target, [node.name for node in adapters], before, after, len(history),
-                      time.perf_counter() - start)
+    after = _losses(module, inputs[1], teacher_features, config.eval_batch_size)
+    return StepReport(",".join(targets), [node.name for node in adapters], before, after,
+                      len(history), time.perf_counter() - start)
 
 
-def _losses(module, images, targets, batch_size) -> float:
-    outputs = run_batched(module, [images], batch_size)
+def _losses(module, inputs, targets, batch_size) -> float:
+    outputs = run_batched(module, inputs, batch_size)
     return sum(torch.nn.functional.mse_loss(output, target).item()
                for output, target in zip(outputs, targets))
 
@@ -153,20 +156,6 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
             return reports + _layerwise(teacher, student, images, fallback, progress, uncovered)
         schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
         return reports + schedule[config.schedule](teacher, student, images, config, progress)
-
-
-@contextmanager
-def channels_last(*modules: nn.Module):
-    """Inside, the modules' 4-D parameters and buffers are channels-last (NHWC in memory):
-    CPU convolutions train about a fifth faster that way. After, they are contiguous again,
-    so the rest of the pipeline (folding, export) sees ordinary tensors."""
-    for module in modules:
-        module.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.to(memory_format=torch.contiguous_format)
 
 
 def _closed_form(node: fx.Node, modules) -> bool:
@@ -202,13 +191,13 @@ def _solve_layerwise(teacher, student, images, config, progress
         target = run_batched(segment(teacher, [_input_name(teacher)], [site.conv]), [images],
                              config.eval_batch_size)[0]
         module = segment(student, [producer], [compared])
-        before = _losses(module, features, [target], config.eval_batch_size)
+        before = _losses(module, [features], [target], config.eval_batch_size)
         if site.side == "input":
             solve_before_conv(modules[adapter.target], conv_of(nodes[site.conv], modules),
                               features, target)
         else:
             solve_after_conv(modules[adapter.target], features, target)
-        after = _losses(module, features, [target], config.eval_batch_size)
+        after = _losses(module, [features], [target], config.eval_batch_size)
         reports.append(StepReport(compared, [adapter.name], before, after, 0,
                                   time.perf_counter() - start))
     return reports, {node.name for node in solvable}
@@ -230,12 +219,12 @@ def _joint(teacher, student, images, config, progress) -> list[StepReport]:
     start = time.perf_counter()
     source = _input_name(student)
     module = segment(student, [source], outputs)
-    before = _losses(module, images, targets, config.eval_batch_size)
+    before = _losses(module, [images], targets, config.eval_batch_size)
     set_batchnorm_training(student, config.bn == "train")
     history = fit(module, _parameters(student, adapters), [images], targets, config.fit,
                   description="adapters -> stage outputs", progress=progress)
     student.eval()
-    after = _losses(module, images, targets, config.eval_batch_size)
+    after = _losses(module, [images], targets, config.eval_batch_size)
     return [StepReport(",".join(outputs), [node.name for node in adapters], before, after,
                        len(history), time.perf_counter() - start)]
 
@@ -275,36 +264,42 @@ def _stagewise(teacher, student, images, config, progress) -> list[StepReport]:
         upper = order[output]
         inside = [node for node in adapters if lower < order[node.name] < upper]
         if inside:
-            reports.append(_train(student, target, ([source], [features]), inside, output,
-                                  config, progress))
+            reports.append(_train(student, [target], ([source], [features]), inside,
+                                  [output], config, progress))
         features = run_batched(segment(student, [source], [output]), [features],
                                config.eval_batch_size)[0]
         source, lower = output, upper
     return reports
 
 
-def _layer_groups(student: fx.GraphModule) -> list[tuple[list[fx.Node], str, str]]:
-    """(nodes trained together, the node the segment starts from, the conv whose output is
-    mimicked), in topological order: an adapter before a conv alone; a pruned map's two
-    adapters and BN together, from the producer's input to the consumer; a masked conv alone,
-    against the teacher's output of that conv."""
-    nodes = {node.name: node for node in student.graph.nodes}
+def _layer_groups(student: fx.GraphModule) -> list[tuple[list[fx.Node], list[str], list[str]]]:
+    """(nodes trained together, the nodes the segment starts from, the convs whose outputs
+    are mimicked), in topological order: an adapter before a conv alone; a pruned map's
+    adapters and BN together, from its producers' inputs to all its consumers (one of each
+    for ``PruneFilters``, a whole residual stream for ``PruneCoupledMaps``); a masked conv
+    alone, against the teacher's output of that conv."""
     trained = recovery_nodes(student)
     masked = set(masked_nodes(student))
+    nodes = {node.name: node for node in student.graph.nodes}
+    graph = to_digraph(student.graph)
     groups, seen = [], set()
     for node in trained:
         group = node.meta.get(PRUNE_GROUP_META)
         if node in masked:  # its own output mimics the teacher conv's
-            groups.append(([node], node.args[0].name, node.name))
+            groups.append(([node], [node.args[0].name], [node.name]))
         elif group is None:
-            groups.append(([node], node.args[0].name, next(iter(node.users)).name))
+            groups.append(([node], [node.args[0].name], [next(iter(node.users)).name]))
         elif group not in seen:
             seen.add(group)
             members = [other for other in trained if other.meta.get(PRUNE_GROUP_META) == group]
-            consumer = next(other.meta[ADAPTER_META].conv for other in members
-                            if ADAPTER_META in other.meta
-                            and other.meta[ADAPTER_META].side == "input")
-            groups.append((members, nodes[group].args[0].name, consumer))
+            sites = [other.meta[ADAPTER_META] for other in members if ADAPTER_META in other.meta]
+            producers = [site.conv for site in sites if site.side == "output"]
+            # a producer fed (through the stream) by another one is computed in the segment
+            starts = [nodes[producer].args[0].name for producer in producers
+                      if not any(nx.has_path(graph, other, producer)
+                                 for other in producers if other != producer)]
+            groups.append((members, starts, [site.conv for site in sites
+                                             if site.side == "input"]))
     return groups
 
 
@@ -316,13 +311,13 @@ def _layerwise(teacher, student, images, config, progress, only: set[str] | None
     chosen = [group for group in _layer_groups(student)
               if only is None or any(node.name in only for node in group[0])]
     groups = tqdm(chosen, desc="recover layers", leave=False, disable=not progress or None)
-    for members, start, conv in groups:
-        features = run_batched(segment(student, [source], [start]), [images],
-                               config.eval_batch_size)[0]
+    for members, starts, convs in groups:
+        features = run_batched(segment(student, [source], starts), [images],
+                               config.eval_batch_size)
         # one teacher pass per step: holding every conv target at once would cost memory
         # proportional to the whole network's activations on the tiny set
-        target = run_batched(segment(teacher, [_input_name(teacher)], [conv]), [images],
-                             config.eval_batch_size)[0]
-        reports.append(_train(student, target, ([start], [features]), members, conv,
+        targets = run_batched(segment(teacher, [_input_name(teacher)], convs), [images],
+                              config.eval_batch_size)
+        reports.append(_train(student, targets, (starts, features), members, convs,
                               config, progress))
     return reports

@@ -1,0 +1,86 @@
+"""PruneCoupledMaps: prune the channels of a residual stream — the feature maps between
+blocks, shortcut included (the paper's Fig. 4c/d) — through adapters that recovery trains
+and ``FoldAdapters`` folds into a really narrower stream.
+
+For a ``CoupledMap`` with C channels, producers ``P_1..P_m`` (every conv writing into the
+stream: the stage's first conv or downsample conv, each block's last conv) and consumers
+``Q_1..Q_n`` (every conv reading it: each block's first conv, the next stage's first conv and
+downsample conv), keeping the set K of N channels with the largest L1 norm summed over the
+producers' filters (``sum_p sum |W_p[k]|``; ties to the lower index) and the selection S
+(N x C, ``S[i, K[i]] = 1``), the pass rewrites
+
+    P_p -> A_out,p (C -> N, = S, bias 0) -> BN(N) (= BN[K]) -> ... add ... -> A_in,q (N -> C,
+    = S^T) -> Q_q
+
+for every producer p and consumer q; every BN of the stream keeps its K channels and the adds
+and activations run on N channels. Untrained, this computes exactly the L1-pruned network:
+the pruned channels are zeros at every consumer. Recovery trains the group's adapters and
+BN together (layer-wise: so that every consumer's output matches the teacher's); folding
+gives producers with N filters and consumers with N input channels. Nodes carry
+``node.meta["fxprune.prune_group"]`` = the map's name (its first producer).
+
+Does not fire for a map already pruned (idempotent). Raises ``PreconditionError``, before
+changing anything, for a name that heads no ``coupled_maps`` entry, a kept count outside
+1..C, or a BN module called at several nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import fx
+
+from fxprune.adapters import PRUNE_GROUP_META
+from fxprune.analysis.channels import CoupledMap, coupled_maps
+from fxprune.errors import PreconditionError
+from fxprune.graph import callers, module_of, named_modules, parameter_dtype, shape_of
+from fxprune.pass_manager import PassBase, PassResult
+from fxprune.passes.prune_filters import grow_input, l1_kept, select_batchnorm, shrink_output
+from fxprune.tracing import example_input, propagate_shapes
+
+
+class PruneCoupledMaps(PassBase):
+    def __init__(self, keep: Mapping[str, int]):
+        super().__init__()
+        self.keep = dict(keep)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        maps = {m.name: m for m in coupled_maps(gm)}
+        pruned = {node.meta[PRUNE_GROUP_META] for node in gm.graph.nodes
+                  if PRUNE_GROUP_META in node.meta}
+        todo = [name for name in self.keep if name not in pruned]
+        nodes = {node.name: node for node in gm.graph.nodes}
+        for name in todo:  # refuse before changing anything
+            if name not in maps:
+                raise PreconditionError(
+                    f"cannot prune the residual stream after '{name}': it heads no coupled map "
+                    "(convs -> per-channel ops and adds -> convs, with no other op reading the "
+                    "channels); coupled maps: " + (", ".join(maps) or "none"))
+            if not 1 <= self.keep[name] <= maps[name].channels:
+                raise PreconditionError(f"cannot keep {self.keep[name]} of the "
+                                        f"{maps[name].channels} channels after '{name}'")
+            shared = [bn for bn in maps[name].batchnorms if len(callers(gm, nodes[bn].target)) > 1]
+            if shared:
+                raise PreconditionError(f"BN '{shared[0]}' in the stream after '{name}' is "
+                                        "called at several nodes; pruning it would change the "
+                                        "others")
+        for name in todo:
+            _prune(gm, maps[name], self.keep[name])
+        if todo:
+            gm.graph.lint()
+            gm.recompile()
+            shape = shape_of(next(n for n in gm.graph.nodes if n.op == "placeholder"))
+            propagate_shapes(gm, [example_input(shape[1:], dtype=parameter_dtype(gm))])
+        return PassResult(gm, bool(todo))
+
+
+def _prune(gm: fx.GraphModule, coupled: CoupledMap, keep: int) -> None:
+    nodes = {node.name: node for node in gm.graph.nodes}
+    modules = named_modules(gm)
+    kept = l1_kept([module_of(nodes[name], modules) for name in coupled.producers], keep)
+    for name in coupled.producers:
+        shrink_output(gm, nodes[name], kept, coupled.channels, coupled.name)
+    for name in coupled.consumers:
+        grow_input(gm, nodes[name], kept, coupled.channels, coupled.name)
+    for name in coupled.batchnorms:
+        select_batchnorm(gm, nodes[name], kept, coupled.name)

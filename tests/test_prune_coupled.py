@@ -1,0 +1,218 @@
+"""Coupled maps (analysis) and PruneCoupledMaps (pass): residual streams found from the graph,
+the streams that must not be listed, equivalence with a hand-pruned network in float64, exact
+folding to narrower convs, refusals, idempotence, layer-wise recovery and the pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import fx, nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+import fxprune
+from fxprune.adapters import PRUNE_GROUP_META, Adapter
+from fxprune.analysis.channels import coupled_maps
+from fxprune.cli import main
+from fxprune.errors import FxpruneError, PreconditionError
+from fxprune.graph import named_modules
+from fxprune.models import cifar_resnet
+from fxprune.passes import FoldAdapters, PruneCoupledMaps
+from fxprune.recovery.fit import FitConfig
+from fxprune.recovery.practise import RecoveryConfig, recover
+from fxprune.tracing import example_input, trace
+from tests.helpers import FP64_ATOL, calibrate_and_randomize, count_modules, randomize_adapters
+
+SIZE = (3, 32, 32)
+
+
+def _tiny_resnet() -> nn.Module:
+    """torchvision's ResNet with 2, 1, 1, 1 basic blocks and 1x1-conv downsample shortcuts,
+    narrowed to 8-64 channels: three prunable streams (the last one feeds the pooling head)."""
+    torch.manual_seed(0)
+    model = ResNet(BasicBlock, [2, 1, 1, 1], num_classes=10, width_per_group=64)
+    widths = {64: 8, 128: 16, 256: 32, 512: 64}
+    for name, module in model.named_modules():  # narrow every layer, keeping the topology
+        if isinstance(module, nn.Conv2d):
+            new = nn.Conv2d(widths.get(module.in_channels, module.in_channels),
+                            widths[module.out_channels], module.kernel_size, module.stride,
+                            module.padding, bias=False)
+            model.set_submodule(name, new)
+        elif isinstance(module, nn.BatchNorm2d):
+            model.set_submodule(name, nn.BatchNorm2d(widths[module.num_features]))
+    model.fc = nn.Linear(64, 10)
+    return model.double().eval()
+
+
+@pytest.fixture
+def resnet():
+    gm = trace(_tiny_resnet(), SIZE)
+    calibrate_and_randomize(gm, example_input(SIZE, batch=8, seed=3, dtype=torch.float64))
+    return gm
+
+
+def test_streams_found_from_the_graph(resnet):
+    streams = coupled_maps(resnet)
+    assert [(m.name, m.channels) for m in streams] == [
+        ("conv1", 8), ("layer2_0_conv2", 16), ("layer3_0_conv2", 32)]
+    first, second = streams[0], streams[1]
+    assert first.producers == ("conv1", "layer1_0_conv2", "layer1_1_conv2")
+    assert first.consumers == ("layer1_0_conv1", "layer1_1_conv1", "layer2_0_conv1",
+                               "layer2_0_downsample_0")
+    assert first.batchnorms == ("bn1", "layer1_0_bn2", "layer1_1_bn2")
+    assert second.producers == ("layer2_0_conv2", "layer2_0_downsample_0")
+    assert second.consumers == ("layer3_0_conv1", "layer3_0_downsample_0")
+    # a bottleneck network: the stem map feeds conv1 and the downsample (no add: 2 consumers)
+    r50 = coupled_maps(trace(torchvision.models.resnet50().eval(), (3, 64, 64)))
+    assert [(m.name, len(m.producers), len(m.consumers)) for m in r50] == [
+        ("conv1", 1, 2), ("layer1_0_conv3", 4, 4), ("layer2_0_conv3", 5, 5),
+        ("layer3_0_conv3", 7, 7)]
+
+
+def test_streams_that_must_not_be_listed():
+    # option-A shortcuts slice and pad the stream: no CIFAR ResNet stream can be pruned
+    assert coupled_maps(trace(cifar_resnet(20).eval(), SIZE)) == []
+    # a single conv -> BN -> ReLU -> conv map is a PrunableMap, not a coupled one
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    assert coupled_maps(trace(plain.eval(), SIZE)) == []
+    # a stream read by a depthwise conv: its groups would have to shrink too
+    assert coupled_maps(trace(_DepthwiseResidual().eval(), SIZE)) == []
+    # MobileNetV2: the streams between inverted residuals (project -> add -> expand) qualify
+    mbv2 = coupled_maps(trace(torchvision.models.mobilenet_v2().eval(), (3, 64, 64)))
+    assert [(m.channels, len(m.producers)) for m in mbv2] == [
+        (24, 2), (32, 3), (64, 4), (96, 3), (160, 3)]
+
+
+class _DepthwiseResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.head(self.depthwise(x) + x)
+
+
+def _hand_pruned(gm: fx.GraphModule, keep: dict[str, int]) -> fx.GraphModule:
+    """The L1-pruned network computed directly: every BN of a stream outputs exact zeros on the
+    pruned channels (gamma = beta = 0), which adds and ReLUs keep at zero."""
+    modules, targets = named_modules(gm), {node.name: node.target for node in gm.graph.nodes}
+    for stream in coupled_maps(gm):
+        if stream.name not in keep:
+            continue
+        norms = sum(modules[targets[name]].weight.abs().flatten(1).sum(1)
+                    for name in stream.producers)
+        pruned = norms.argsort(descending=True, stable=True)[keep[stream.name]:]
+        for name in stream.batchnorms:
+            with torch.no_grad():
+                modules[targets[name]].weight[pruned] = 0.0
+                modules[targets[name]].bias[pruned] = 0.0
+    return gm
+
+
+def test_pruned_then_folded_equals_hand_pruning(resnet):
+    x = example_input(SIZE, batch=4, seed=1, dtype=torch.float64)
+    keep = {"conv1": 5, "layer2_0_conv2": 8, "layer3_0_conv2": 30}
+    pruned = PruneCoupledMaps(keep)(trace(resnet, SIZE)).graph_module
+    bn2 = next(node for node in pruned.graph.nodes if node.name == "layer1_0_bn2")
+    assert pruned.get_submodule(bn2.target).num_features == 5
+    expected = _hand_pruned(trace(resnet, SIZE), keep)(x)
+    assert not torch.allclose(expected, resnet(x))  # the pruning does something
+    torch.testing.assert_close(pruned(x), expected, rtol=0, atol=FP64_ATOL)
+    folded = FoldAdapters()(pruned).graph_module
+    assert count_modules(folded, Adapter) == 0
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
+    convs = {name: m for name, m in folded.named_modules() if isinstance(m, nn.Conv2d)}
+    assert [convs[name].out_channels for name in ("conv1", "layer1.0.conv2", "layer1.1.conv2")] \
+        == [5, 5, 5]
+    assert convs["layer1.0.conv1"].in_channels == 5 and convs["layer2.0.conv1"].in_channels == 5
+    assert convs["layer2.0.downsample.0"].in_channels == 5
+    assert convs["layer2.0.downsample.0"].out_channels == 8
+
+
+def test_trained_adapters_fold_exactly(resnet):
+    gm = PruneCoupledMaps({"conv1": 4, "layer2_0_conv2": 12})(resnet).graph_module
+    assert sum(PRUNE_GROUP_META in node.meta for node in gm.graph.nodes) == (3 + 4 + 3) + \
+        (2 + 2 + 2)  # per stream: producers' and consumers' adapters, BNs
+    randomize_adapters(gm, seed=4, scale=0.3)
+    x = example_input(SIZE, batch=3, seed=2, dtype=torch.float64)
+    expected = gm(x)
+    torch.testing.assert_close(FoldAdapters()(gm).graph_module(x), expected, rtol=0,
+                               atol=FP64_ATOL)
+
+
+def test_refusals_change_nothing(resnet):
+    before = str(resnet.graph)
+    with pytest.raises(PreconditionError, match="'layer1_0_conv2': it heads no coupled map.*"
+                                                "conv1, layer2_0_conv2, layer3_0_conv2"):
+        PruneCoupledMaps({"conv1": 4, "layer1_0_conv2": 4})(resnet)
+    with pytest.raises(PreconditionError, match="cannot keep 17 of the 16 channels"):
+        PruneCoupledMaps({"layer2_0_conv2": 17})(resnet)
+    assert str(resnet.graph) == before
+
+
+def test_idempotent_and_empty_plan(resnet):
+    first = PruneCoupledMaps({"conv1": 4})(resnet)
+    assert first.modified
+    graph = str(first.graph_module.graph)
+    again = PruneCoupledMaps({"conv1": 4})(first.graph_module)
+    assert not again.modified and str(again.graph_module.graph) == graph
+    assert not PruneCoupledMaps({})(again.graph_module).modified
+
+
+def test_layerwise_recovery_trains_a_stream_against_all_its_consumers(resnet):
+    teacher = trace(resnet, SIZE)
+    student = PruneCoupledMaps({"conv1": 4})(trace(resnet, SIZE)).graph_module
+    images = example_input(SIZE, batch=16, seed=5, dtype=torch.float64)
+    reports = recover(teacher, student, images, RecoveryConfig(
+        schedule="layerwise", fit=FitConfig(lr=1e-3, max_steps=40, patience=40)),
+        progress=False)
+    assert len(reports) == 1
+    assert reports[0].target == "layer1_0_conv1,layer1_1_conv1,layer2_0_conv1," \
+        "layer2_0_downsample_0"
+    assert len(reports[0].adapters) == 3 + 4 + 3
+    assert reports[0].loss_after < 0.8 * reports[0].loss_before
+
+
+def test_compress_prunes_streams_with_a_dropped_block():
+    model = _tiny_resnet()
+    images = example_input(SIZE, batch=8, seed=6, dtype=torch.float64)
+    quick = RecoveryConfig(schedule="layerwise", fit=FitConfig(lr=1e-3, max_steps=5,
+                                                               patience=5))
+    result = fxprune.compress(model, images, SIZE, drop=["1.2"], prune_streams=0.5,
+                              placement="paper", recovery=quick, progress=False)
+    report = result.report
+    assert report["prune_streams"] == {"ratio": 0.5, "kept": {
+        "conv1": 4, "layer2_0_conv2": 8, "layer3_0_conv2": 16}}
+    assert report["compressed"]["macs"] == report["pruned"]["macs"] < \
+        report["original"]["macs"]
+    assert count_modules(result.model, Adapter) == 0
+    assert result.model.get_submodule("layer2.0.downsample.0").in_channels == 4
+    with pytest.raises(FxpruneError, match="use --schedule layerwise"):
+        fxprune.compress(model, images, SIZE, drop=None, prune_streams=0.5, progress=False)
+    with pytest.raises(FxpruneError, match="no residual stream of this network"):
+        fxprune.compress(cifar_resnet(20).eval(), images.float(), SIZE, drop=None,
+                         prune_streams=0.5, recover="none", progress=False)
+
+
+def test_cli_prunes_streams_end_to_end(tmp_path):
+    """``--prune-streams`` on torchvision's ResNet-18 (untrained; 32x32 noise images): streams
+    narrowed, every adapter folded, ONNX matching, the scheme in the report."""
+    out = tmp_path / "streams"
+    assert main(["compress", "torchvision:resnet18", "--input-size", "3,32,32",
+                 "--data", "noise:24:32", "--images", "8", "--prune-streams", "0.5",
+                 "--schedule", "layerwise", "--init", "identity", "--steps", "3",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["prune_streams"]["kept"] == {"conv1": 32, "layer2_0_conv2": 64,
+                                               "layer3_0_conv2": 128}
+    assert report["adapters"] == 7 + 6 + 6  # producers and consumers of the three streams
+    assert report["compressed"]["macs"] == report["pruned"]["macs"]
+    assert report["compressed"]["macs"] / report["original"]["macs"] == pytest.approx(
+        0.599, abs=0.001)
+    assert report["onnx_max_abs_diff"] <= 1e-4
+    assert "pruned 50% of the channels of 3 residual streams" in (out / "report.md").read_text()
