@@ -26,61 +26,42 @@ changing anything, for a name that heads no ``coupled_maps`` entry, a kept count
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from torch import fx
 
-from fxprune.adapters import PRUNE_GROUP_META
 from fxprune.analysis.channels import CoupledMap, coupled_maps
 from fxprune.errors import PreconditionError
-from fxprune.graph import callers, module_of, named_modules, parameter_dtype, shape_of
-from fxprune.pass_manager import PassBase, PassResult
-from fxprune.passes.prune_filters import grow_input, l1_kept, select_batchnorm, shrink_output
-from fxprune.tracing import example_input, propagate_shapes
+from fxprune.graph import callers, module_of, named_modules
+from fxprune.passes.prune_filters import (ChannelPruning, grow_input, l1_kept,
+                                          select_batchnorm, shrink_output)
 
 
-class PruneCoupledMaps(PassBase):
-    def __init__(self, keep: Mapping[str, int]):
-        super().__init__()
-        self.keep = dict(keep)
+class PruneCoupledMaps(ChannelPruning):
+    def maps(self, gm: fx.GraphModule) -> dict[str, CoupledMap]:
+        return {m.name: m for m in coupled_maps(gm)}
 
-    def call(self, gm: fx.GraphModule) -> PassResult:
-        maps = {m.name: m for m in coupled_maps(gm)}
-        pruned = {node.meta[PRUNE_GROUP_META] for node in gm.graph.nodes
-                  if PRUNE_GROUP_META in node.meta}
-        todo = [name for name in self.keep if name not in pruned]
+    def check(self, gm: fx.GraphModule, name: str, found: CoupledMap | None,
+              keep: int) -> None:
+        if found is None:
+            raise PreconditionError(
+                f"cannot prune the residual stream after '{name}': it heads no coupled map "
+                "(convs -> per-channel ops and adds -> convs, with no other op reading the "
+                "channels); coupled maps: " + (", ".join(self.maps(gm)) or "none"))
+        if not 1 <= keep <= found.channels:
+            raise PreconditionError(f"cannot keep {keep} of the {found.channels} channels "
+                                    f"after '{name}'")
+        targets = {node.name: node.target for node in gm.graph.nodes}
+        shared = [bn for bn in found.batchnorms if len(callers(gm, targets[bn])) > 1]
+        if shared:
+            raise PreconditionError(f"BN '{shared[0]}' in the stream after '{name}' is called "
+                                    "at several nodes; pruning it would change the others")
+
+    def prune(self, gm: fx.GraphModule, found: CoupledMap, keep: int) -> None:
         nodes = {node.name: node for node in gm.graph.nodes}
-        for name in todo:  # refuse before changing anything
-            if name not in maps:
-                raise PreconditionError(
-                    f"cannot prune the residual stream after '{name}': it heads no coupled map "
-                    "(convs -> per-channel ops and adds -> convs, with no other op reading the "
-                    "channels); coupled maps: " + (", ".join(maps) or "none"))
-            if not 1 <= self.keep[name] <= maps[name].channels:
-                raise PreconditionError(f"cannot keep {self.keep[name]} of the "
-                                        f"{maps[name].channels} channels after '{name}'")
-            shared = [bn for bn in maps[name].batchnorms if len(callers(gm, nodes[bn].target)) > 1]
-            if shared:
-                raise PreconditionError(f"BN '{shared[0]}' in the stream after '{name}' is "
-                                        "called at several nodes; pruning it would change the "
-                                        "others")
-        for name in todo:
-            _prune(gm, maps[name], self.keep[name])
-        if todo:
-            gm.graph.lint()
-            gm.recompile()
-            shape = shape_of(next(n for n in gm.graph.nodes if n.op == "placeholder"))
-            propagate_shapes(gm, [example_input(shape[1:], dtype=parameter_dtype(gm))])
-        return PassResult(gm, bool(todo))
-
-
-def _prune(gm: fx.GraphModule, coupled: CoupledMap, keep: int) -> None:
-    nodes = {node.name: node for node in gm.graph.nodes}
-    modules = named_modules(gm)
-    kept = l1_kept([module_of(nodes[name], modules) for name in coupled.producers], keep)
-    for name in coupled.producers:
-        shrink_output(gm, nodes[name], kept, coupled.channels, coupled.name)
-    for name in coupled.consumers:
-        grow_input(gm, nodes[name], kept, coupled.channels, coupled.name)
-    for name in coupled.batchnorms:
-        select_batchnorm(gm, nodes[name], kept, coupled.name)
+        modules = named_modules(gm)
+        kept = l1_kept([module_of(nodes[name], modules) for name in found.producers], keep)
+        for name in found.producers:
+            shrink_output(gm, nodes[name], kept, found.channels, found.name)
+        for name in found.consumers:
+            grow_input(gm, nodes[name], kept, found.channels, found.name)
+        for name in found.batchnorms:
+            select_batchnorm(gm, nodes[name], kept, found.name)

@@ -51,30 +51,34 @@ def keep_counts(maps: list[PrunableMap], ratio: float) -> dict[str, int]:
     return {m.producer: max(1, round(m.channels * (1.0 - ratio))) for m in maps}
 
 
-class PruneFilters(PassBase):
+class ChannelPruning(PassBase):
+    """What every channel-pruning pass does around its own rewrite: skip the maps a previous
+    run pruned (their nodes carry ``PRUNE_GROUP_META``), check every requested map before
+    changing anything, then prune and refresh the graph's shapes. Subclasses give ``maps``
+    (name -> map), ``check`` (raises ``PreconditionError``) and ``prune``."""
+
     def __init__(self, keep: Mapping[str, int]):
         super().__init__()
         self.keep = dict(keep)
 
+    def maps(self, gm: fx.GraphModule) -> dict:
+        raise NotImplementedError
+
+    def check(self, gm: fx.GraphModule, name: str, found, keep: int) -> None:
+        raise NotImplementedError
+
+    def prune(self, gm: fx.GraphModule, found, keep: int) -> None:
+        raise NotImplementedError
+
     def call(self, gm: fx.GraphModule) -> PassResult:
-        maps = {m.producer: m for m in prunable_maps(gm)}
+        maps = self.maps(gm)
         pruned = {node.meta[PRUNE_GROUP_META] for node in gm.graph.nodes
                   if PRUNE_GROUP_META in node.meta}
         todo = [name for name in self.keep if name not in pruned]
         for name in todo:  # refuse before changing anything
-            if name not in maps:
-                raise PreconditionError(
-                    f"cannot prune the filters of '{name}': it does not head a prunable map "
-                    "(conv -> [BN] -> activation -> [pool] -> conv, each used once); prunable: "
-                    + (", ".join(maps) or "none"))
-            if not 1 <= self.keep[name] <= maps[name].channels:
-                raise PreconditionError(f"cannot keep {self.keep[name]} of the "
-                                        f"{maps[name].channels} filters of '{name}'")
-            if maps[name].batchnorm and len(callers(gm, _target(gm, maps[name].batchnorm))) > 1:
-                raise PreconditionError(f"BN '{maps[name].batchnorm}' after '{name}' is called "
-                                        "at several nodes; pruning it would change the others")
+            self.check(gm, name, maps.get(name), self.keep[name])
         for name in todo:
-            _prune(gm, maps[name], self.keep[name])
+            self.prune(gm, maps[name], self.keep[name])
         if todo:
             gm.graph.lint()
             gm.recompile()
@@ -83,18 +87,35 @@ class PruneFilters(PassBase):
         return PassResult(gm, bool(todo))
 
 
+class PruneFilters(ChannelPruning):
+    def maps(self, gm: fx.GraphModule) -> dict[str, PrunableMap]:
+        return {m.producer: m for m in prunable_maps(gm)}
+
+    def check(self, gm: fx.GraphModule, name: str, found: PrunableMap | None,
+              keep: int) -> None:
+        if found is None:
+            raise PreconditionError(
+                f"cannot prune the filters of '{name}': it does not head a prunable map "
+                "(conv -> [BN] -> activation -> [pool] -> conv, each used once); prunable: "
+                + (", ".join(self.maps(gm)) or "none"))
+        if not 1 <= keep <= found.channels:
+            raise PreconditionError(f"cannot keep {keep} of the {found.channels} filters of "
+                                    f"'{name}'")
+        if found.batchnorm and len(callers(gm, _target(gm, found.batchnorm))) > 1:
+            raise PreconditionError(f"BN '{found.batchnorm}' after '{name}' is called at "
+                                    "several nodes; pruning it would change the others")
+
+    def prune(self, gm: fx.GraphModule, found: PrunableMap, keep: int) -> None:
+        nodes = {node.name: node for node in gm.graph.nodes}
+        kept = l1_kept([module_of(nodes[found.producer], named_modules(gm))], keep)
+        shrink_output(gm, nodes[found.producer], kept, found.channels, found.producer)
+        grow_input(gm, nodes[found.consumer], kept, found.channels, found.producer)
+        if found.batchnorm is not None:
+            select_batchnorm(gm, nodes[found.batchnorm], kept, found.producer)
+
+
 def _target(gm: fx.GraphModule, name: str) -> str:
     return next(node.target for node in gm.graph.nodes if node.name == name)
-
-
-def _prune(gm: fx.GraphModule, prunable: PrunableMap, keep: int) -> None:
-    nodes = {node.name: node for node in gm.graph.nodes}
-    kept = l1_kept([module_of(nodes[prunable.producer], named_modules(gm))], keep)
-    group = prunable.producer
-    shrink_output(gm, nodes[prunable.producer], kept, prunable.channels, group)
-    grow_input(gm, nodes[prunable.consumer], kept, prunable.channels, group)
-    if prunable.batchnorm is not None:
-        select_batchnorm(gm, nodes[prunable.batchnorm], kept, group)
 
 
 def _selection(kept: torch.Tensor, channels: int, like: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """A benchmark's resumable results: the JSON of the cells done so far, and the markdown table
-rebuilt from it after every cell, so an interrupted sweep loses at most the cell it was in."""
+rebuilt from it after every cell, so an interrupted sweep loses at most the cell it was in, and
+two sweeps writing the same file keep each other's cells."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +24,19 @@ class ResultsFile:
             else {"cells": {}}
 
     def save(self, results: dict) -> None:
+        """Write ``results``, first adopting the cells another run of the same benchmark saved
+        meanwhile (two sweeps may share a file), each file replaced atomically."""
         self.json_path.parent.mkdir(parents=True, exist_ok=True)
-        self.json_path.write_text(json.dumps(results, indent=1))
-        self.md_path.write_text(self.summarize(results).rstrip("\n") + "\n")
+        for key, cell in self.load()["cells"].items():
+            results["cells"].setdefault(key, cell)
+        _replace(self.json_path, json.dumps(results, indent=1))
+        _replace(self.md_path, self.summarize(results).rstrip("\n") + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, output: Path) -> None:
