@@ -269,7 +269,9 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
         raise FxpruneError("pruning the residual streams narrows the stage outputs, which "
                            f"{config.schedule} recovery compares with the teacher's at full "
                            "width; use --schedule layerwise")
-    # streams before the drop's adapters: an adapter before a consumer would hide it
+    # streams before the drop's adapters: an adapter next to a producer or consumer would
+    # hide the stream from the analysis; a drop site that falls on a stream's conv is then
+    # served by the stream's own adapter (N -> C before a consumer absorbs a C -> C one)
     student = DropBlocks(ids)(student).graph_module
     streams = resolve_streams(student, prune_streams)
     student = PassManager([PruneCoupledMaps(streams), InsertAdapters(sites)])(

@@ -19,9 +19,9 @@ from fxprune.cli import main
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import named_modules
 from fxprune.models import cifar_resnet
-from fxprune.passes import FoldAdapters, PruneCoupledMaps
+from fxprune.passes import FoldAdapters, PruneCoupledMaps, PruneFilters
 from fxprune.recovery.fit import FitConfig
-from fxprune.recovery.practise import RecoveryConfig, recover
+from fxprune.recovery.practise import RecoveryConfig, _layer_groups, recover
 from fxprune.tracing import example_input, trace
 from tests.helpers import FP64_ATOL, calibrate_and_randomize, count_modules, randomize_adapters
 
@@ -216,3 +216,82 @@ def test_cli_prunes_streams_end_to_end(tmp_path):
         0.599, abs=0.001)
     assert report["onnx_max_abs_diff"] <= 1e-4
     assert "pruned 50% of the channels of 3 residual streams" in (out / "report.md").read_text()
+
+
+class _TwoBranches(nn.Module):
+    """RepVGG-like: a 3x3 and a 1x1 branch read the same map and are added: the stream's two
+    producers share their input."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.wide, self.wide_bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.point, self.point_bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.stem_bn(self.stem(x)))
+        return self.head(torch.relu(self.wide_bn(self.wide(h)) + self.point_bn(self.point(h))))
+
+
+class _GatedStream(nn.Module):
+    """A producer downstream of another one whose input also reads a map from before the
+    stream: the segment must start from that map too."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.pre = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.first, self.first_bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.middle = nn.Conv2d(8, 8, 3, padding=1)
+        self.second, self.second_bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        early = torch.relu(self.stem(x))
+        stream = torch.relu(self.first_bn(self.first(torch.relu(self.pre(early)))))
+        gated = torch.relu(self.middle(stream)) * early
+        return self.head(torch.relu(stream + self.second_bn(self.second(gated))))
+
+
+class _PreActivation(nn.Module):
+    """A pre-activation block whose shortcut conv is traced before conv1: the stream's first
+    adapter comes before the pruned inner map that feeds its other producer, conv2."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(8), nn.Conv2d(8, 16, 3, 2, 1)
+        self.short = nn.Conv2d(8, 16, 1, 2)
+        self.bn2, self.conv2 = nn.BatchNorm2d(16), nn.Conv2d(16, 16, 3, 1, 1)
+        self.bn3, self.head = nn.BatchNorm2d(16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.stem(x)))
+        shortcut = self.short(out)
+        out = self.conv2(torch.relu(self.bn2(self.conv1(out)))) + shortcut
+        return self.head(torch.relu(self.bn3(out)))
+
+
+@pytest.mark.parametrize("network, stream, starts", [
+    (_TwoBranches, "wide", ["relu"]),
+    (_GatedStream, "first", ["relu", "relu_1"])])
+def test_layerwise_segments_start_where_the_stream_reads(network, stream, starts):
+    torch.manual_seed(0)
+    teacher = trace(network().double().eval(), (3, 16, 16))
+    images = example_input((3, 16, 16), batch=8, seed=5, dtype=torch.float64)
+    calibrate_and_randomize(teacher, images)
+    student = PruneCoupledMaps({stream: 5})(trace(teacher, (3, 16, 16))).graph_module
+    assert [group[1] for group in _layer_groups(student)] == [starts]
+    reports = recover(teacher, student, images, RecoveryConfig(
+        schedule="layerwise", fit=FitConfig(lr=1e-3, max_steps=30, patience=30)),
+        progress=False)
+    assert reports[0].loss_after < reports[0].loss_before
+
+
+def test_layerwise_trains_what_feeds_a_stream_first():
+    gm = trace(_PreActivation().eval(), (3, 16, 16))
+    gm = PruneCoupledMaps({"short": 8})(gm).graph_module
+    gm = PruneFilters({"conv1": 8})(gm).graph_module
+    groups = [(sorted({node.meta[PRUNE_GROUP_META] for node in members}), convs)
+              for members, _, convs in _layer_groups(gm)]
+    assert groups == [(["conv1"], ["conv2"]), (["short"], ["head"])]

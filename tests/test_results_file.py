@@ -17,9 +17,14 @@ def test_two_writers_keep_each_others_cells(tmp_path):
     a["cells"]["auto/100/0"] = {"top1": 80.0}
     first.save(a)
     b["cells"]["streams/500/0"] = {"top1": 70.0}
-    b["cells"]["auto/100/0"] = {"top1": 99.0}  # a cell in memory wins over the file's copy
+    b["cells"]["auto/100/0"] = {"top1": 99.0, "seconds": 5}  # mine win, the file's rows join
     second.save(b)
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert saved["cells"] == {"auto/100/0": {"top1": 99.0}, "streams/500/0": {"top1": 70.0}}
+    assert saved["cells"] == {"auto/100/0": {"top1": 99.0, "seconds": 5},
+                              "streams/500/0": {"top1": 70.0}}
+    a["cells"]["streams/500/0"] = {"practise": 1.0}  # another method's row of the same cell
+    first.save(a)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["cells"]["streams/500/0"] == {"practise": 1.0, "top1": 70.0}
     assert (tmp_path / "r.md").read_text() == "cells: auto/100/0, streams/500/0\n"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["r.json", "r.md"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".r.json.lock", "r.json", "r.md"]

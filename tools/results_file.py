@@ -5,6 +5,7 @@ two sweeps writing the same file keep each other's cells."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -24,13 +25,20 @@ class ResultsFile:
             else {"cells": {}}
 
     def save(self, results: dict) -> None:
-        """Write ``results``, first adopting the cells another run of the same benchmark saved
-        meanwhile (two sweeps may share a file), each file replaced atomically."""
+        """Write ``results``, first adopting the cells (and the rows of a cell) that another
+        run of the same benchmark saved meanwhile: two sweeps may share a file. A lock file
+        serialises the read-merge-write; each file is replaced atomically."""
         self.json_path.parent.mkdir(parents=True, exist_ok=True)
-        for key, cell in self.load()["cells"].items():
-            results["cells"].setdefault(key, cell)
-        _replace(self.json_path, json.dumps(results, indent=1))
-        _replace(self.md_path, self.summarize(results).rstrip("\n") + "\n")
+        lock = self.json_path.with_name(f".{self.json_path.name}.lock")
+        with open(lock, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            for key, cell in self.load()["cells"].items():
+                mine = results["cells"].setdefault(key, cell)
+                if isinstance(mine, dict) and isinstance(cell, dict):
+                    for row, value in cell.items():
+                        mine.setdefault(row, value)
+            _replace(self.json_path, json.dumps(results, indent=1))
+            _replace(self.md_path, self.summarize(results).rstrip("\n") + "\n")
 
 
 def _replace(path: Path, text: str) -> None:

@@ -293,14 +293,41 @@ def _layer_groups(student: fx.GraphModule) -> list[tuple[list[fx.Node], list[str
             seen.add(group)
             members = [other for other in trained if other.meta.get(PRUNE_GROUP_META) == group]
             sites = [other.meta[ADAPTER_META] for other in members if ADAPTER_META in other.meta]
+            consumers = [site.conv for site in sites if site.side == "input"]
             producers = [site.conv for site in sites if site.side == "output"]
-            # a producer fed (through the stream) by another one is computed in the segment
-            starts = [nodes[producer].args[0].name for producer in producers
-                      if not any(nx.has_path(graph, other, producer)
-                                 for other in producers if other != producer)]
-            groups.append((members, starts, [site.conv for site in sites
-                                             if site.side == "input"]))
-    return groups
+            groups.append((members, _cut(graph, nodes, producers, consumers), consumers))
+    return _upstream_first(graph, groups)
+
+
+def _cut(graph: nx.DiGraph, nodes: dict[str, fx.Node], producers: list[str],
+         consumers: list[str]) -> list[str]:
+    """The nodes a segment from the producers to the consumers starts from: every input of
+    the region between them (downstream of a producer, upstream of a consumer) that lies
+    outside it, in graph order — a producer's input, and whatever else the region reads."""
+    downstream = set(producers).union(*(nx.descendants(graph, name) for name in producers))
+    upstream = set(consumers).union(*(nx.ancestors(graph, name) for name in consumers))
+    region = downstream & upstream
+    inputs = {source.name for name in region for source in nodes[name].all_input_nodes
+              if source.name not in region and source.op != "get_attr"}
+    return [name for name in nodes if name in inputs]
+
+
+def _upstream_first(graph: nx.DiGraph, groups: list) -> list:
+    """``groups`` reordered so that a group whose member feeds another group's segment inputs
+    trains first (a stream's first adapter may come before the pruned map that feeds one of
+    its producers); graph order otherwise, and where the groups feed each other both ways."""
+    order = nx.DiGraph()
+    order.add_nodes_from(range(len(groups)))
+    for before, (members, _, _) in enumerate(groups):
+        names = {node.name for node in members}
+        for after, (_, starts, _) in enumerate(groups):
+            if after != before and any(names & (nx.ancestors(graph, start) | {start})
+                                       for start in starts):
+                order.add_edge(before, after)
+    try:
+        return [groups[index] for index in nx.lexicographical_topological_sort(order)]
+    except nx.NetworkXUnfeasible:
+        return groups
 
 
 def _layerwise(teacher, student, images, config, progress, only: set[str] | None = None
