@@ -105,7 +105,13 @@ def paired_ratios(runners: Sequence[Runner], warmup: int = 3, repeats: int = 20,
     first runner's time in the same round: neighbouring runs share the machine's load, so a
     burst from another process skews one round's pair, not the median."""
     first, *others = interleaved_seconds(runners, warmup, repeats, budget_s)
-    return [float(np.median(np.asarray(times) / np.asarray(first))) for times in others]
+    return [per_round_ratio(times, first) for times in others]
+
+
+def per_round_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
+    """Median over rounds of ``times / reference`` (two runners' samples from the same
+    ``interleaved_seconds`` call)."""
+    return float(np.median(np.asarray(times) / np.asarray(reference)))
 
 
 def interleaved_seconds(runners: Sequence[Runner], warmup: int, repeats: int,

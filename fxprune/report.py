@@ -42,6 +42,12 @@ def _latency_text(report: dict[str, Any]) -> str:
             f"thread(s)")
 
 
+def latency_ratio(row: dict[str, Any], original: dict[str, Any]) -> float:
+    """A model's latency over the original's: the median of per-round ratios where the report
+    has it (robust to a busy machine), else the ratio of the medians (older reports)."""
+    return row.get("latency_ratio", row["latency_ms"] / original["latency_ms"])
+
+
 def _scheme(report: dict[str, Any]) -> str:
     """What was compressed: dropped blocks and/or pruned filters."""
     parts = [f"Dropped blocks {', '.join(report['drop'])}"] if report["drop"] else []
@@ -108,7 +114,7 @@ def render_report(report: dict[str, Any], plot: str | None = None) -> str:
         latency, ratio = "n/a", "n/a"
         if "latency_ms" in row:
             latency = f"{row['latency_ms']:.2f} ± {row['latency_iqr_ms']:.2f}"
-            ratio = f"{row['latency_ms'] / original['latency_ms']:.3f}"
+            ratio = f"{latency_ratio(row, original):.3f}"
         lines.append(f"| {model_label(report, key)} | {_percent(row.get('top1'))} | "
                      f"{_percent(row.get('agreement'))} | {latency} | {ratio} | "
                      f"{format_count(row['macs'])} | {row['macs'] / original['macs']:.3f} | "
@@ -117,8 +123,9 @@ def render_report(report: dict[str, Any], plot: str | None = None) -> str:
     if evaluation:
         lines += ["", f"Evaluated on {evaluation['images']} images of `{evaluation['pool']}`."]
     if report.get("latency"):
-        lines.append(f"Latency: median ± IQR, {_latency_text(report)} (`fxprune bench` "
-                     "measures longer).")
+        lines.append(f"Latency: median ± IQR, {_latency_text(report)}; ratio: median over "
+                     "interleaved rounds of the model's time over the original's (`fxprune "
+                     "bench` measures longer).")
     lines += ["", f"Compression took {report['seconds']:.1f} s ("
               + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in
                           report["phases"].items()) + ")."]
@@ -160,8 +167,7 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], folder: Path) -
     accuracy_labels = set()
     for name, report in reports:
         original, shipped = report["original"], report["compressed"]
-        ratio = (f"{shipped['latency_ms'] / original['latency_ms']:.3f}"
-                 if "latency_ms" in shipped else "n/a")
+        ratio = f"{latency_ratio(shipped, original):.3f}" if "latency_ms" in shipped else "n/a"
         latency = f"{shipped['latency_ms']:.2f}" if "latency_ms" in shipped else "n/a"
         lines.append(f"| {name} | {report.get('model', '?')} | {_scheme(report)} | "
                      f"{report['recover']} | {report['finetune']} | {report['images']} | "

@@ -65,7 +65,8 @@ def test_saved_model_loads_without_fxprune_objects(run_dir):
 
 def _without_timings(report: dict) -> dict:
     """The report minus what wall-clock time decides."""
-    timing_keys = {"seconds", "seconds_total", "phases", "latency_ms", "latency_iqr_ms"}
+    timing_keys = {"seconds", "seconds_total", "phases", "latency_ms", "latency_iqr_ms",
+                   "latency_ratio"}
     if isinstance(report, dict):
         return {key: _without_timings(value) for key, value in report.items()
                 if key not in timing_keys}
@@ -90,14 +91,15 @@ def test_report_merges_runs(run_dir, tmp_path, capsys):
     other = tmp_path / "other-run"
     shutil.copytree(run_dir, other)
     report = json.loads((other / "report.json").read_text())
-    report["compressed"].update(top1=80.0, latency_ms=report["compressed"]["latency_ms"] / 2)
+    report["compressed"].update(top1=80.0, latency_ms=report["compressed"]["latency_ms"] / 2,
+                                latency_ratio=0.123)
     (other / "report.json").write_text(json.dumps(report))
     out = tmp_path / "merged"
     assert main(["report", str(run_dir), str(other), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| resnet20 |")
             or line.startswith("| other-run |")]
-    assert len(rows) == 2 and "| 80.00 |" in rows[1]
+    assert len(rows) == 2 and "| 80.00 |" in rows[1] and "| 0.123 |" in rows[1]
     assert (out / "tradeoff.png").stat().st_size > 1000
     assert (out / "report.md").read_text().startswith("# fxprune runs compared")
     code = main(["report", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x")])

@@ -21,7 +21,7 @@ from fxprune.datasets import open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError
 from fxprune.evaluate import percent_equal, predictions
 from fxprune.export import export_onnx, onnx_max_abs_diff
-from fxprune.latency import Timing, bench_input, onnx_runner, time_interleaved
+from fxprune.latency import Timing, bench_input, interleaved_seconds, onnx_runner, per_round_ratio
 from fxprune.models import load_model
 from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
 from fxprune.report import write_report
@@ -194,12 +194,14 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     export_onnx(result.model, size, folder / "model.onnx")
     report["onnx_max_abs_diff"] = onnx_max_abs_diff(result.model, folder / "model.onnx",
                                                     eval_images[:64])
-    timings = _latencies(stages, size, folder / "model.onnx", args.bench_batch,
+    samples = _latencies(stages, size, folder / "model.onnx", args.bench_batch,
                          args.bench_threads)
     report["latency"] = {"runtime": "onnxruntime", "batch": args.bench_batch,
                          "threads": args.bench_threads}
-    for key, timing in zip(stages, timings):
-        report[key].update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms)
+    for key, times in zip(stages, samples):
+        timing = Timing.of(times)
+        report[key].update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms,
+                           latency_ratio=per_round_ratio(times, samples[0]))
     result.save(folder / MODEL_FILE)
     report["seconds_total"] = time.perf_counter() - start
     (folder / "report.json").write_text(json.dumps(report, indent=1))
@@ -207,15 +209,17 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     return report
 
 
-def _latencies(stages: dict, size, shipped: Path, batch: int, threads: int) -> list[Timing]:
-    """ONNX Runtime latency of every stage's model, timed interleaved on one input."""
+def _latencies(stages: dict, size, shipped: Path, batch: int, threads: int
+               ) -> list[list[float]]:
+    """Seconds of every run of every stage's model (ONNX Runtime), timed interleaved on one
+    input, round by round."""
     with tempfile.TemporaryDirectory(prefix="fxprune-latency-") as scratch:
         paths = [shipped if key == "compressed" else
                  export_onnx(model, size, Path(scratch) / f"{key}.onnx")
                  for key, model in stages.items()]
         inputs = bench_input(size, batch)
         runners = [onnx_runner(path, inputs, threads) for path in paths]
-        return time_interleaved(runners, warmup=2, repeats=30, budget_s=LATENCY_BUDGET_S)
+        return interleaved_seconds(runners, warmup=2, repeats=30, budget_s=LATENCY_BUDGET_S)
 
 
 def _print_summary(report: dict, out: Path) -> None:
@@ -224,7 +228,7 @@ def _print_summary(report: dict, out: Path) -> None:
         return f"{value:.2f}%" if value is not None else "n/a"
 
     ratio = report["compressed"]["macs"] / report["original"]["macs"]
-    speed = report["compressed"]["latency_ms"] / report["original"]["latency_ms"]
+    speed = report["compressed"]["latency_ratio"]
     print(f"top-1 original {accuracy('original')}, pruned {accuracy('pruned')}, "
           f"compressed {accuracy('compressed')} (agreement "
           f"{report['compressed']['agreement']:.1f}%); MACs x{ratio:.3f}; ONNX Runtime "
