@@ -231,15 +231,14 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     ``drop`` names blocks (``"rule"``, ``"1.2,2.2"``, a list, or None), or is ``"auto"``: the
     blocks are chosen so that the ONNX Runtime latency is at most ``budget`` times the
     original's (``selection`` sets the strategy, batch and threads; ``fxprune.selection``);
-    ``prune_filters``
-    prunes a fraction of every prunable feature map's filters (L1 norm), or keeps the given
-    count per producer conv name; ``prune_streams`` the same for the residual streams between
-    blocks (``PruneCoupledMaps``, keyed by a stream's first producer; recovered layer-wise
-    only, since it narrows the stage outputs); ``sparsity`` masks that fraction of the
-    weights of every conv (magnitude), except convs next to an adapter, which stay dense
-    (folding an adapter into a masked conv would fill its zeros); ``decouple`` (``"dwpw"`` or
-    ``"lowrank:E"``) factorizes every conv with no adapter next to it into a pair with an
-    adapter between (``FactorizeConvs``). At least one of them must compress something.
+    ``prune_filters`` prunes a fraction of every prunable feature map's filters (L1 norm), or
+    keeps the given count per producer conv name; ``prune_streams`` does the same for the
+    residual streams between blocks (``PruneCoupledMaps``, keyed by a stream's first
+    producer); ``sparsity`` masks that fraction of the weights of every conv (magnitude),
+    except convs next to an adapter, which stay dense (folding an adapter into a masked conv
+    would fill its zeros); ``decouple`` (``"dwpw"`` or ``"lowrank:E"``) factorizes every conv
+    with no adapter next to it into a pair with an adapter between (``FactorizeConvs``). At
+    least one of them must compress something.
     ``recover="none"`` skips the adapters (``finetune="ce-mse"`` then is the paper's Eq. 4
     baseline; a masked conv's zeros stay zero through it). ``seed`` seeds every shuffle and
     augmentation. Training runs on ``device`` (e.g. ``"cuda"``); the returned models are on
@@ -265,10 +264,6 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
                       "is only pruned, not recovered", FxpruneWarning, stacklevel=2)
         recover = "none"
     config = recovery or RecoveryConfig()
-    if prune_streams is not None and recover == "practise" and config.schedule != "layerwise":
-        raise FxpruneError("pruning the residual streams narrows the stage outputs, which "
-                           f"{config.schedule} recovery compares with the teacher's at full "
-                           "width; use --schedule layerwise")
     # streams before the drop's adapters: an adapter next to a producer or consumer would
     # hide the stream from the analysis; a drop site that falls on a stream's conv is then
     # served by the stream's own adapter (N -> C before a consumer absorbs a C -> C one)

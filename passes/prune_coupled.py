@@ -15,9 +15,11 @@ producers' filters (``sum_p sum |W_p[k]|``; ties to the lower index) and the sel
 for every producer p and consumer q; every BN of the stream keeps its K channels and the adds
 and activations run on N channels. Untrained, this computes exactly the L1-pruned network:
 the pruned channels are zeros at every consumer. Recovery trains the group's adapters and
-BN together (layer-wise: so that every consumer's output matches the teacher's); folding
-gives producers with N filters and consumers with N input channels. Nodes carry
-``node.meta["fxprune.prune_group"]`` = the map's name (its first producer).
+BN together (layer-wise: so that every consumer's output matches the teacher's; stage-wise
+and joint: a stage output on the stream is compared with the teacher's K channels); folding
+gives producers with N filters and consumers with N input channels. Adapters and BNs carry
+``node.meta["fxprune.prune_group"]`` = the map's name (its first producer), the stream's
+nodes ``node.meta["fxprune.kept_channels"]`` = K.
 
 Does not fire for a map already pruned (idempotent). Raises ``PreconditionError``, before
 changing anything, for a name that heads no ``coupled_maps`` entry, a kept count outside
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from torch import fx
 
+from fxprune.adapters import KEPT_CHANNELS_META
 from fxprune.analysis.channels import CoupledMap, coupled_maps
 from fxprune.errors import PreconditionError
 from fxprune.graph import callers, module_of, named_modules
@@ -65,3 +68,5 @@ class PruneCoupledMaps(ChannelPruning):
             grow_input(gm, nodes[name], kept, found.channels, found.name)
         for name in found.batchnorms:
             select_batchnorm(gm, nodes[name], kept, found.name)
+        for name in found.nodes:
+            nodes[name].meta[KEPT_CHANNELS_META] = kept.tolist()

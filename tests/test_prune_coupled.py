@@ -13,15 +13,17 @@ from torch import fx, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 import fxprune
-from fxprune.adapters import PRUNE_GROUP_META, Adapter
+from fxprune.adapters import KEPT_CHANNELS_META, PRUNE_GROUP_META, Adapter
 from fxprune.analysis.channels import coupled_maps
+from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.cli import main
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import named_modules
 from fxprune.models import cifar_resnet
 from fxprune.passes import FoldAdapters, PruneCoupledMaps, PruneFilters
 from fxprune.recovery.fit import FitConfig
-from fxprune.recovery.practise import RecoveryConfig, _layer_groups, recover
+from fxprune.recovery.practise import RecoveryConfig, _layer_groups, _stage_targets, recover
+from fxprune.recovery.segments import run_batched, segment
 from fxprune.tracing import example_input, trace
 from tests.helpers import FP64_ATOL, calibrate_and_randomize, count_modules, randomize_adapters
 
@@ -192,11 +194,33 @@ def test_compress_prunes_streams_with_a_dropped_block():
         report["original"]["macs"]
     assert count_modules(result.model, Adapter) == 0
     assert result.model.get_submodule("layer2.0.downsample.0").in_channels == 4
-    with pytest.raises(FxpruneError, match="use --schedule layerwise"):
-        fxprune.compress(model, images, SIZE, drop=None, prune_streams=0.5, progress=False)
     with pytest.raises(FxpruneError, match="no residual stream of this network"):
         fxprune.compress(cifar_resnet(20).eval(), images.float(), SIZE, drop=None,
                          prune_streams=0.5, recover="none", progress=False)
+
+
+@pytest.mark.parametrize("schedule", ["stagewise", "joint"])
+def test_stage_schedules_compare_a_narrowed_stage_output_at_its_kept_channels(schedule):
+    """Stage outputs 1-3 lie on pruned streams: the student's N channels are compared with the
+    teacher's same N channels, and recovery lowers that loss."""
+    model = _tiny_resnet()
+    images = example_input(SIZE, batch=8, seed=6, dtype=torch.float64)
+    teacher = trace(model, SIZE)
+    student = PruneCoupledMaps({"conv1": 4, "layer2_0_conv2": 8, "layer3_0_conv2": 16})(
+        trace(model, SIZE)).graph_module
+    outputs, targets = _stage_targets(teacher, student, images, RecoveryConfig())
+    full = dict(zip(outputs, run_batched(
+        segment(teacher, ["x"], [stand_in(teacher, s.blocks[-1].exit)
+                                 for s in find_structure(teacher).stages]), [images], 8)))
+    kept = [node.meta.get(KEPT_CHANNELS_META) for node in student.graph.nodes
+            if node.name in outputs]
+    assert [len(channels) if channels else None for channels in kept] == [4, 8, 16, None]
+    for name, target, channels in zip(outputs, targets, kept):
+        expected = full[name] if channels is None else full[name][:, channels]
+        torch.testing.assert_close(target, expected, rtol=0, atol=0)
+    reports = recover(teacher, student, images, RecoveryConfig(
+        schedule=schedule, fit=FitConfig(lr=1e-3, max_steps=20, patience=20)), progress=False)
+    assert sum(r.loss_after for r in reports) < sum(r.loss_before for r in reports)
 
 
 def test_cli_prunes_streams_end_to_end(tmp_path):

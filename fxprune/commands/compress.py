@@ -56,7 +56,7 @@ def register(commands) -> None:
     parser.add_argument("--prune-streams", type=float, metavar="RATIO",
                         help="prune this fraction of the channels of every residual stream "
                              "between blocks, shortcuts included (L1 norm summed over the "
-                             "stream's convs); needs --schedule layerwise")
+                             "stream's convs), e.g. 0.25")
     parser.add_argument("--decouple", metavar="dwpw|lowrank:E",
                         help="factorize convs: depthwise + pointwise, or a low-rank pair "
                              "keeping energy E of the output's PCA (default 0.4)")

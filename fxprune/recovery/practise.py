@@ -49,7 +49,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from fxprune.adapters import ADAPTER_META, PRUNE_GROUP_META
+from fxprune.adapters import ADAPTER_META, KEPT_CHANNELS_META, PRUNE_GROUP_META
 from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.errors import PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes,
@@ -204,11 +204,16 @@ def _solve_layerwise(teacher, student, images, config, progress
 
 
 def _stage_targets(teacher, student, images, config):
-    """Student stage-output nodes and the teacher's features there."""
+    """Student stage-output nodes and the teacher's features there — at the channels the
+    student's output still carries where it lies on a pruned residual stream."""
     teacher_outputs = [stage.blocks[-1].exit for stage in find_structure(teacher).stages]
     targets = run_batched(segment(teacher, [_input_name(teacher)], teacher_outputs), [images],
                           config.eval_batch_size)
-    return [stand_in(student, name) for name in teacher_outputs], targets
+    nodes = {node.name: node for node in student.graph.nodes}
+    outputs = [stand_in(student, name) for name in teacher_outputs]
+    kept = [nodes[name].meta.get(KEPT_CHANNELS_META) for name in outputs]
+    return outputs, [target if channels is None else target[:, channels].contiguous(
+        memory_format=torch.channels_last) for target, channels in zip(targets, kept)]
 
 
 def _joint(teacher, student, images, config, progress) -> list[StepReport]:
