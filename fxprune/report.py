@@ -43,8 +43,8 @@ def _latency_text(report: dict[str, Any]) -> str:
 
 
 def latency_ratio(row: dict[str, Any], original: dict[str, Any]) -> float:
-    """A model's latency over the original's: the median of per-round ratios where the report
-    has it (robust to a busy machine), else the ratio of the medians (older reports)."""
+    """A model's latency over the original's: the recorded ``latency_ratio`` (low quantiles,
+    robust to a busy machine), else the ratio of the medians (older reports)."""
     return row.get("latency_ratio", row["latency_ms"] / original["latency_ms"])
 
 
@@ -123,9 +123,8 @@ def render_report(report: dict[str, Any], plot: str | None = None) -> str:
     if evaluation:
         lines += ["", f"Evaluated on {evaluation['images']} images of `{evaluation['pool']}`."]
     if report.get("latency"):
-        lines.append(f"Latency: median ± IQR, {_latency_text(report)}; ratio: median over "
-                     "interleaved rounds of the model's time over the original's (`fxprune "
-                     "bench` measures longer).")
+        lines.append(f"Latency: median ± IQR, {_latency_text(report)}; ratio: of the 10th "
+                     "percentiles, the least disturbed runs (`fxprune bench` measures longer).")
     lines += ["", f"Compression took {report['seconds']:.1f} s ("
               + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in
                           report["phases"].items()) + ")."]

@@ -65,7 +65,7 @@ class Bench:
                 "agreement": percent_equal(predicted, self.reference)}
 
     def latency_ratio(self, model, scratch: Path) -> float:
-        """ONNX Runtime, batch 1, one thread: median per-round ratio to the original."""
+        """ONNX Runtime, batch 1, one thread, interleaved: ``latency_ratio`` to the original."""
         inputs = bench_input(self.size)
         runners = [onnx_runner(export_onnx(net, self.size, scratch / f"{name}.onnx"), inputs,
                                threads=1)

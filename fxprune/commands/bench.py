@@ -19,7 +19,7 @@ from fxprune.commands.common import add_model_arguments
 from fxprune.errors import FxpruneError
 from fxprune.export import export_onnx, onnx_input_size, onnx_macs, onnx_params
 from fxprune.latency import (Timing, bench_input, interleaved_seconds, onnx_runner,
-                             per_round_ratio, torch_runner)
+                             latency_ratio, torch_runner)
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.models import load_model
 from fxprune.summary import format_count
@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
                    else torch_runner(c.module, inputs, args.threads) for c in candidates]
         samples = interleaved_seconds(runners, args.warmup, args.repeats, None)
     timings = [Timing.of(times) for times in samples]
-    # per round: a burst of load on the machine hits both alike
-    ratio = per_round_ratio(samples[0], samples[1]) if len(samples) > 1 else None
+    ratio = latency_ratio(samples[0], samples[1]) if len(samples) > 1 else None
     report = _report(args, candidates, timings, ratio)
     print(json.dumps(report) if args.json else _table(args, candidates, timings, report))
     return 0
@@ -152,7 +151,7 @@ def _size_text(size) -> str:
 
 
 def _report(args: argparse.Namespace, candidates: list[Candidate], timings: list[Timing],
-            latency_ratio: float | None) -> dict:
+            ratio: float | None) -> dict:
     this, timing = candidates[0], timings[0]
     report = {"model": this.name, "runtime": args.runtime, "threads": args.threads,
               "batch": args.batch, "input_size": list(this.input_size), "runs": timing.runs,
@@ -162,7 +161,7 @@ def _report(args: argparse.Namespace, candidates: list[Candidate], timings: list
         other, other_timing = candidates[1], timings[1]
         report.update({"vs": other.name, "vs_latency_ms": other_timing.median_ms,
                        "vs_latency_iqr_ms": other_timing.iqr_ms, "vs_macs": other.macs,
-                       "vs_params": other.params, "latency_ratio": latency_ratio,
+                       "vs_params": other.params, "latency_ratio": ratio,
                        "macs_ratio": this.macs / other.macs})
     return report
 

@@ -21,7 +21,7 @@ from fxprune.datasets import open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError
 from fxprune.evaluate import percent_equal, predictions
 from fxprune.export import export_onnx, onnx_max_abs_diff
-from fxprune.latency import Timing, bench_input, interleaved_seconds, onnx_runner, per_round_ratio
+from fxprune.latency import Timing, bench_input, interleaved_seconds, onnx_runner, latency_ratio
 from fxprune.models import load_model
 from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
 from fxprune.report import write_report
@@ -201,7 +201,7 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     for key, times in zip(stages, samples):
         timing = Timing.of(times)
         report[key].update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms,
-                           latency_ratio=per_round_ratio(times, samples[0]))
+                           latency_ratio=latency_ratio(times, samples[0]))
     result.save(folder / MODEL_FILE)
     report["seconds_total"] = time.perf_counter() - start
     (folder / "report.json").write_text(json.dumps(report, indent=1))

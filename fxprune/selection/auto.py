@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.export import export_onnx
-from fxprune.latency import bench_input, interleaved_seconds, onnx_runner
+from fxprune.latency import bench_input, interleaved_seconds, latency_ratio, onnx_runner
 from fxprune.passes import DropBlocks
 from fxprune.recovery.practise import RecoveryConfig
 from fxprune.selection.block_latency import LatencyCache, block_shares
@@ -102,8 +102,8 @@ class Selection:
 
 def whole_ratio(teacher: fx.GraphModule, ids: Sequence[str], input_size, batch: int,
                  threads: int, scratch: Path) -> tuple[float, float]:
-    """(latency of ``teacher`` without blocks ``ids`` / the original's: the median of
-    per-round ratios, the original's median ms), timed interleaved; ``scratch`` keeps the
+    """(latency of ``teacher`` without blocks ``ids`` / the original's (``latency_ratio``),
+    the original's median ms), timed interleaved; ``scratch`` keeps the
     original's ONNX file between calls."""
     pruned = DropBlocks(list(ids))(copy.deepcopy(teacher)).graph_module
     original = scratch / "original.onnx"
@@ -113,8 +113,7 @@ def whole_ratio(teacher: fx.GraphModule, ids: Sequence[str], input_size, batch: 
     runners = [onnx_runner(path, inputs, threads) for path in
                (original, export_onnx(pruned, input_size, scratch / "pruned.onnx"))]
     first, second = interleaved_seconds(runners, 3, CHECK_ROUNDS, CHECK_BUDGET_S)
-    ratios = [b / a for a, b in zip(first, second)]
-    return float(np.median(ratios)), float(np.median(first)) * 1e3
+    return latency_ratio(second, first), float(np.median(first)) * 1e3
 
 
 def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Sequence[int],

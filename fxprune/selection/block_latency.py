@@ -32,7 +32,7 @@ from fxprune.analysis.structure import Block
 from fxprune.errors import FxpruneWarning
 from fxprune.export import export_onnx
 from fxprune.graph import named_modules, shape_of
-from fxprune.latency import bench_input, cpu_name, onnx_runner, paired_ratios
+from fxprune.latency import RATIO_QUANTILE, bench_input, cpu_name, onnx_runner, paired_ratios
 from fxprune.recovery.segments import segment
 
 TIMING_BUDGET_S = 15.0  # for all the distinct blocks of one network, timed interleaved
@@ -110,10 +110,11 @@ def signature(gm: fx.GraphModule, names: Sequence[str], *context: object) -> str
 def block_shares(gm: fx.GraphModule, blocks: Sequence[Block], input_size: Sequence[int],
                  batch: int = 1, threads: int = 1, cache: LatencyCache | None = None
                  ) -> tuple[dict[str, float], int]:
-    """Each block's own latency as a fraction of the whole network's (medians of interleaved
-    runs), by block id, and how many distinct blocks had to be timed (0: all cached)."""
+    """Each block's own latency as a fraction of the whole network's (``latency_ratio`` of
+    interleaved runs), by block id, and how many distinct blocks had to be timed (0: all
+    cached; a timing made with another ratio estimator does not count)."""
     network = signature(gm, [node.name for node in gm.graph.nodes], tuple(input_size), batch,
-                        threads)
+                        threads, f"p{RATIO_QUANTILE}")
     keys = {block.id: network + ":" + signature(gm, block.nodes, block.in_shape, batch, threads)
             for block in blocks}
     known = {key: cache.get(key) for key in set(keys.values())} if cache else {}
