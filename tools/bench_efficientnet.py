@@ -6,7 +6,8 @@ images; tiny sets are drawn from the pool (N = 500: all of it), evaluation is al
 same held-out 500. Choices: ``rule`` (the 2nd block of every stage that has one: 2.2, 3.2, 4.2,
 5.2, 6.2), ``auto`` (``--drop auto --budget 0.85``, greedy) and ``streams`` (no block dropped:
 ``--prune-streams 0.25``, a quarter of the channels of every residual stream between inverted
-residuals, recovered layer-wise). Reported per choice: top-1 and
+residuals, recovered layer-wise; ``streams-stagewise``: the same, recovered stage-wise).
+Reported per choice: top-1 and
 agreement with the original on the held-out images for the pruned (no recovery) and the
 recovered network, the MAC ratio, the ONNX Runtime latency ratio (batch 1, one thread,
 interleaved) and seconds. Recovery: the default stage-wise PRACTISE with ``--steps`` Adam steps
@@ -80,7 +81,8 @@ class Bench:
         options = {"rule": dict(drop="rule"),
                    "auto": dict(drop="auto", selection=SelectionConfig(BUDGET, batch=1,
                                                                       threads=1)),
-                   "streams": dict(drop=None, prune_streams=STREAM_RATIO)}[choice]
+                   "streams": dict(drop=None, prune_streams=STREAM_RATIO),
+                   "streams-stagewise": dict(drop=None, prune_streams=STREAM_RATIO)}[choice]
         if choice == "streams":
             recovery = RecoveryConfig(schedule="layerwise", fit=fit)
         tick = time.perf_counter()
@@ -126,7 +128,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 500])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--choices", nargs="+", choices=("rule", "auto", "streams"),
+    parser.add_argument("--choices", nargs="+",
+                        choices=("rule", "auto", "streams", "streams-stagewise"),
                         default=["rule", "auto"])
     parser.add_argument("--steps", type=int, default=100)
     add_run_arguments(parser, RESULTS)

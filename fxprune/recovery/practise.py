@@ -11,13 +11,15 @@ Three schedules, all label-free:
   analysis. Stage by stage, the adapters inside a stage are trained jointly so that the
   student's stage output matches the teacher's; the next stage starts from the student's
   recovered features, so it also corrects what the previous stage left over. This is the
-  CVPR'23 code's joint objective applied per stage.
+  CVPR'23 code's joint objective applied per stage. (A stage output on a pruned residual
+  stream is compared with the teacher's at the channels it kept, here and in ``"joint"``.)
 * ``"layerwise"`` (paper v1, Sec. 3.4): adapters one at a time in topological order; an
   adapter before conv ``c`` is trained so that ``c``'s output matches the teacher's ``c``
   output, starting from the student's features with all earlier adapters already trained. It
   supports input-side adapters (the paper's placement) only. A pruned feature map (Fig. 2,
   ``PruneFilters``) is one step: its two adapters and its BN train together so that the
-  consumer conv's output matches the teacher's.
+  consumer conv's output matches the teacher's; a pruned residual stream
+  (``PruneCoupledMaps``) likewise, against every consumer's output.
 
 Every schedule trains the BN layers of pruned feature maps with the adapters (their affine
 parameters; their statistics only with ``bn="train"``), and the adapter ``U`` inside every
