@@ -107,7 +107,10 @@ def summarize(results: dict) -> str:
              f"{COMMAND} — top-1 % on the 1,017 lossless CIFAR-10 test images (mean ± std over "
              "seeds, n = seeds done), agreement = top-1 agreement with the original there; "
              "latency ratio = ONNX Runtime, batch 1, one thread, chosen set vs original "
-             "(interleaved, this noisy 2-core machine); every choice recovered by the default "
+             "(interleaved, this noisy 2-core machine; `fxprune.latency.latency_ratio`, the "
+             "ratio of 10th-percentile times, for the 500-image rows; the 50-image rows used the "
+             "median of per-round ratios, which reads high on a loaded machine); every choice "
+             "recovered by the default "
              "PRACTISE (label-free, no finetune) from the same N images.", "",
              f"Original: {results['original']:.2f}.", ""]
     for scheme, budget in results["budgets"].items():
