@@ -113,11 +113,33 @@ def _macs(gm: fx.GraphModule, input_size) -> int:
     return total_macs(node_macs(gm, [example_input(input_size, dtype=parameter_dtype(gm))]))
 
 
-def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int] | None,
+PruningSpec = float | Mapping[str, int | float]  # one ratio, or per map: kept count | ratio
+
+
+def explicit_counts(asked: Mapping[str, int | float], channels: Mapping[str, int],
+                    what: str) -> dict[str, int]:
+    """Per-map requests as kept counts: an int is the count kept, a float the fraction of that
+    map's channels pruned (``channels``: per map name, the maps that exist)."""
+    counts = {}
+    for name, value in asked.items():
+        if isinstance(value, int):
+            counts[name] = value
+            continue
+        if name not in channels:
+            raise FxpruneError(f"no {what} starts at '{name}'; there are: "
+                               + (", ".join(channels) or "none"))
+        if not 0.0 <= value < 1.0:
+            raise FxpruneError(f"the pruning ratio of '{name}' must be in [0, 1), not {value}")
+        counts[name] = max(1, round(channels[name] * (1.0 - value)))
+    return counts
+
+
+def resolve_pruning(gm: fx.GraphModule, prune_filters: PruningSpec | None,
                     full_width: set[str] = frozenset()) -> dict[str, int]:
-    """Filters kept per producer conv: a ratio pruned from every prunable map, or explicit.
-    Maps whose chain holds a node of ``full_width`` (stage outputs that stage-wise recovery
-    compares with the teacher's, channel for channel) are left out, or refused by name."""
+    """Filters kept per producer conv: a ratio pruned from every prunable map, or explicit
+    (``explicit_counts``). Maps whose chain holds a node of ``full_width`` (stage outputs that
+    stage-wise recovery compares with the teacher's, channel for channel) are left out, or
+    refused by name."""
     if prune_filters is None:
         return {}
     maps = prunable_maps(gm)
@@ -128,7 +150,8 @@ def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int]
             raise FxpruneError(f"the maps after {', '.join(refused)} are stage outputs, which "
                                "stage-wise recovery compares at full width; use --schedule "
                                "layerwise")
-        return dict(prune_filters)
+        return explicit_counts(prune_filters, {m.producer: m.channels for m in maps},
+                               "prunable feature map")
     if not maps:
         raise FxpruneError("no prunable feature map (conv -> [BN] -> activation -> conv) in "
                            "this network")
@@ -139,15 +162,15 @@ def resolve_pruning(gm: fx.GraphModule, prune_filters: float | Mapping[str, int]
     return keep_counts([m for m in maps if m.producer not in crossing], float(prune_filters))
 
 
-def resolve_streams(gm: fx.GraphModule, prune_streams: float | Mapping[str, int] | None
-                    ) -> dict[str, int]:
+def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None) -> dict[str, int]:
     """Channels kept per residual stream (``coupled_maps``, named by the first producer): a
-    ratio pruned from every stream, or explicit counts."""
+    ratio pruned from every stream, or explicit (``explicit_counts``)."""
     if prune_streams is None:
         return {}
-    if isinstance(prune_streams, Mapping):
-        return dict(prune_streams)
     maps = coupled_maps(gm)
+    if isinstance(prune_streams, Mapping):
+        return explicit_counts(prune_streams, {m.name: m.channels for m in maps},
+                               "residual stream")
     if not maps:
         raise FxpruneError("no residual stream of this network can be pruned: each reaches an "
                            "op that would need the pruned channels too (a parameter-free "
@@ -217,8 +240,8 @@ def zero_fraction(gm: fx.GraphModule, convs: Sequence[str]) -> float:
 
 def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], *,
              labels: torch.Tensor | None = None, drop: str | Sequence[str] | None = "rule",
-             prune_filters: float | Mapping[str, int] | None = None,
-             prune_streams: float | Mapping[str, int] | None = None,
+             prune_filters: PruningSpec | None = None,
+             prune_streams: PruningSpec | None = None,
              sparsity: float | None = None, decouple: str | None = None,
              placement: str = "cvpr", recover: str = "practise",
              recovery: RecoveryConfig | None = None, finetune: str = "none",
@@ -232,7 +255,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     blocks are chosen so that the ONNX Runtime latency is at most ``budget`` times the
     original's (``selection`` sets the strategy, batch and threads; ``fxprune.selection``);
     ``prune_filters`` prunes a fraction of every prunable feature map's filters (L1 norm), or
-    keeps the given count per producer conv name; ``prune_streams`` does the same for the
+    per producer conv name keeps an int count or prunes a float fraction; ``prune_streams`` does the same for the
     residual streams between blocks (``PruneCoupledMaps``, keyed by a stream's first
     producer); ``sparsity`` masks that fraction of the weights of every conv (magnitude),
     except convs next to an adapter, which stay dense (folding an adapter into a masked conv

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import fx
 
+from fxprune.analysis.channels import coupled_maps, prunable_maps
 from fxprune.analysis.structure import Block, Structure, find_structure
 from fxprune.graph import module_of, named_modules, parameter_dtype
 from fxprune.macs import count_params, node_macs, total_macs
@@ -26,8 +27,9 @@ def block_params(gm: fx.GraphModule, block: Block) -> int:
 
 def summarize(gm: fx.GraphModule, input_size: tuple[int, ...],
               structure: Structure | None = None) -> dict[str, Any]:
-    """JSON-ready summary: total MACs (batch 1) and params, and per stage, per block: id, kind,
-    shortcut, droppable, MACs, params."""
+    """JSON-ready summary: total MACs (batch 1) and params; per stage, per block: id, kind,
+    shortcut, droppable, MACs, params; the prunable feature maps (``--prune-filters``) and
+    residual streams (``--prune-streams``) with their channels."""
     structure = structure or find_structure(gm)
     macs = node_macs(gm, [example_input(input_size, dtype=parameter_dtype(gm))])
     return {
@@ -44,6 +46,10 @@ def summarize(gm: fx.GraphModule, input_size: tuple[int, ...],
                 "in_shape": list(block.in_shape), "out_shape": list(block.out_shape),
             } for block in stage.blocks],
         } for stage in structure.stages],
+        "prunable_maps": [{"producer": m.producer, "consumer": m.consumer,
+                           "channels": m.channels} for m in prunable_maps(gm, structure)],
+        "streams": [{"name": m.name, "channels": m.channels, "producers": list(m.producers),
+                     "consumers": list(m.consumers)} for m in coupled_maps(gm)],
     }
 
 
@@ -71,4 +77,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"total: {format_count(summary['macs'])} MACs, "
                  f"{format_count(summary['params'])} params, input "
                  f"{'x'.join(map(str, summary['input_size']))}")
+    maps = ", ".join(f"{m['producer']} ({m['channels']})" for m in summary["prunable_maps"])
+    streams = ", ".join(f"{m['name']} ({m['channels']}: {len(m['producers'])} convs in, "
+                        f"{len(m['consumers'])} out)" for m in summary["streams"])
+    lines.append(f"prunable maps (--prune-filters): {maps or 'none'}")
+    lines.append(f"residual streams (--prune-streams): {streams or 'none'}")
     return "\n".join(lines)

@@ -29,6 +29,9 @@ def test_inspect_json_schema(capsys):
     assert {"id", "kind", "shortcut", "droppable", "macs"} <= block.keys()
     assert (block["id"], block["shortcut"], block["droppable"]) == ("2.1", "parameter-free", False)
     assert sum(b["macs"] for s in report["stages"] for b in s["blocks"]) < report["macs"]
+    assert len(report["prunable_maps"]) == 27 and report["streams"] == []  # option-A shortcuts
+    assert report["prunable_maps"][0] == {"producer": "layer1_0_conv1",
+                                          "consumer": "layer1_0_conv2", "channels": 16}
 
 
 def test_inspect_table_and_input_size(capsys):
@@ -37,7 +40,11 @@ def test_inspect_table_and_input_size(capsys):
     lines = out.splitlines()
     assert lines[1].split()[:5] == ["stage", "block", "kind", "shortcut", "droppable"]
     assert any(line.split()[:5] == ["1", "1.2", "residual", "identity", "yes"] for line in lines)
-    assert "input 3x64x64" in lines[-1]
+    assert "input 3x64x64" in lines[-3]
+    assert lines[-2].startswith("prunable maps (--prune-filters): layer1_0_conv1 (64), ")
+    assert lines[-1] == ("residual streams (--prune-streams): conv1 (64: 3 convs in, 4 out), "
+                         "layer2_0_conv2 (128: 3 convs in, 3 out), layer3_0_conv2 (256: 3 convs "
+                         "in, 3 out)")
 
 
 @pytest.mark.parametrize("argv, message", [

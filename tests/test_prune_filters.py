@@ -4,6 +4,8 @@ must not fire, idempotence, and recovery of a pruned network."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from torch import nn
 import fxprune
 from fxprune.adapters import PRUNE_GROUP_META, Adapter
 from fxprune.analysis.channels import prunable_maps
+from fxprune.commands.compress import pruning_spec
 from fxprune.errors import PreconditionError
 from fxprune.models import cifar_resnet
 from fxprune.passes import FoldAdapters, PruneFilters
@@ -161,3 +164,29 @@ def test_recovery_of_a_pruned_network(resnet, schedule):
     recovered = FoldAdapters()(student).graph_module
     error = F.mse_loss(recovered(images), teacher(images))
     assert error < 0.7 * F.mse_loss(pruned(images), teacher(images))
+
+
+def test_per_map_requests_mix_counts_and_ratios():
+    """``prune_filters={name: int}`` keeps that many filters, ``{name: float}`` prunes that
+    fraction of the map; unknown names and bad ratios are refused by name."""
+    model = cifar_resnet(20).eval()
+    images = example_input((3, 32, 32), batch=4, seed=1)
+    result = fxprune.compress(model, images, (3, 32, 32), drop=None, recover="none",
+                              prune_filters={"layer1_0_conv1": 0.25, "layer3_0_conv1": 10},
+                              progress=False)
+    assert result.report["prune_filters"]["kept"] == {"layer1_0_conv1": 12, "layer3_0_conv1": 10}
+    with pytest.raises(fxprune.FxpruneError, match="no prunable feature map starts at 'nope'"):
+        fxprune.compress(model, images, (3, 32, 32), drop=None, prune_filters={"nope": 0.5},
+                         recover="none", progress=False)
+    with pytest.raises(fxprune.FxpruneError, match="ratio of 'layer1_0_conv1' must be in"):
+        fxprune.compress(model, images, (3, 32, 32), drop=None, recover="none",
+                         prune_filters={"layer1_0_conv1": 1.5}, progress=False)
+
+
+def test_cli_pruning_spec():
+    assert pruning_spec("0.5") == 0.5
+    assert pruning_spec("layer1_0_conv1=0.5, layer2_0_conv1 =0.25") == {
+        "layer1_0_conv1": 0.5, "layer2_0_conv1": 0.25}
+    for bad in ("half", "a=0.5,b", "=0.5", "a=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=RATIO"):
+            pruning_spec(bad)

@@ -50,13 +50,16 @@ def register(commands) -> None:
     parser.add_argument("--select", choices=STRATEGIES,
                         help="with --drop auto: re-score the chosen set each round (greedy, "
                              "default) or rank blocks scored alone")
-    parser.add_argument("--prune-filters", type=float, metavar="RATIO",
+    parser.add_argument("--prune-filters", type=pruning_spec, metavar="RATIO|MAP=RATIO,...",
                         help="prune this fraction of the filters of every prunable feature map "
-                             "(L1 norm), e.g. 0.5")
-    parser.add_argument("--prune-streams", type=float, metavar="RATIO",
+                             "(L1 norm), e.g. 0.5, or per map named by its producer conv, e.g. "
+                             "layer1_0_conv1=0.5,layer2_0_conv1=0.25 (fxprune inspect lists "
+                             "them)")
+    parser.add_argument("--prune-streams", type=pruning_spec, metavar="RATIO|MAP=RATIO,...",
                         help="prune this fraction of the channels of every residual stream "
                              "between blocks, shortcuts included (L1 norm summed over the "
-                             "stream's convs), e.g. 0.25")
+                             "stream's convs), e.g. 0.25, or per stream named by its first "
+                             "producer conv")
     parser.add_argument("--decouple", metavar="dwpw|lowrank:E",
                         help="factorize convs: depthwise + pointwise, or a low-rank pair "
                              "keeping energy E of the output's PCA (default 0.4)")
@@ -147,6 +150,20 @@ def _selection_config(args: argparse.Namespace) -> SelectionConfig | None:
                            "of the original's ONNX Runtime latency")
     return SelectionConfig(args.budget, strategy=args.select or "greedy", batch=args.bench_batch,
                            threads=args.bench_threads)
+
+
+def pruning_spec(text: str) -> float | dict[str, float]:
+    """``0.5`` (every map) or ``name=0.5,other=0.25`` (per map) for argparse."""
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = [item.split("=") for item in text.split(",")]
+        if any(len(pair) != 2 or not pair[0] for pair in pairs):
+            raise ValueError
+        return {name.strip(): float(ratio) for name, ratio in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a ratio such as 0.5 or NAME=RATIO[,NAME=RATIO...], got {text!r}") from None
 
 
 def compress_to(args: argparse.Namespace, folder: Path) -> dict:
