@@ -117,8 +117,8 @@ def latency_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
     most runs of both carry some, and a constant extra drags the median ratio towards 1
     (ResNet-56 without 3 blocks against the original, 4 other processes on 2 cores: median
     of per-round ratios 0.95, ratio of medians 0.93, of 10th percentiles 0.86-0.87; 0.87-0.89
-    with one other process). The low quantile keeps the runs that went nearly clean; on a quiet machine it
-    agrees with the median."""
+    with one other process). The low quantile keeps the runs that went nearly clean; on a
+    quiet machine it agrees with the median."""
     return float(np.percentile(times, RATIO_QUANTILE) / np.percentile(reference, RATIO_QUANTILE))
 
 

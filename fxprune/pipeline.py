@@ -255,9 +255,9 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     blocks are chosen so that the ONNX Runtime latency is at most ``budget`` times the
     original's (``selection`` sets the strategy, batch and threads; ``fxprune.selection``);
     ``prune_filters`` prunes a fraction of every prunable feature map's filters (L1 norm), or
-    per producer conv name keeps an int count or prunes a float fraction; ``prune_streams`` does the same for the
-    residual streams between blocks (``PruneCoupledMaps``, keyed by a stream's first
-    producer); ``sparsity`` masks that fraction of the weights of every conv (magnitude),
+    per producer conv name keeps an int count or prunes a float fraction; ``prune_streams``
+    does the same for the residual streams between blocks (``PruneCoupledMaps``, keyed by a
+    stream's first producer); ``sparsity`` masks that fraction of the weights of every conv (magnitude),
     except convs next to an adapter, which stay dense (folding an adapter into a masked conv
     would fill its zeros); ``decouple`` (``"dwpw"`` or ``"lowrank:E"``) factorizes every conv
     with no adapter next to it into a pair with an adapter between (``FactorizeConvs``). At

@@ -94,7 +94,8 @@ class Bench:
             latency = whole_ratio(self.teacher, report["drop"], self.size, 1, 1,
                                   Path(scratch))[0] if report["drop"] else \
                 self.latency_ratio(result.model, Path(scratch))
-        return {"blocks": report["drop"] or [f"streams -{STREAM_RATIO:.0%}"], "pruned": self.scores(result.pruned),
+        return {"blocks": report["drop"] or [f"streams -{STREAM_RATIO:.0%}"],
+                "pruned": self.scores(result.pruned),
                 "recovered": self.scores(result.model),
                 "mac_ratio": report["compressed"]["macs"] / report["original"]["macs"],
                 "latency_ratio": latency, "seconds": seconds, "steps": steps,
