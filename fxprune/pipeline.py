@@ -8,6 +8,7 @@ and a report of what was done and what it cost.
 from __future__ import annotations
 
 import copy
+import numbers
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -122,8 +124,11 @@ def explicit_counts(asked: Mapping[str, int | float], channels: Mapping[str, int
     map's channels pruned (``channels``: per map name, the maps that exist)."""
     counts = {}
     for name, value in asked.items():
-        if isinstance(value, int):
-            counts[name] = value
+        if isinstance(value, (bool, np.bool_)):
+            raise FxpruneError(f"'{name}': give a kept count (int) or a ratio (float), not "
+                               f"{value!r}")
+        if isinstance(value, numbers.Integral):
+            counts[name] = int(value)
             continue
         if name not in channels:
             raise FxpruneError(f"no {what} starts at '{name}'; there are: "
@@ -162,22 +167,37 @@ def resolve_pruning(gm: fx.GraphModule, prune_filters: PruningSpec | None,
     return keep_counts([m for m in maps if m.producer not in crossing], float(prune_filters))
 
 
-def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None) -> dict[str, int]:
+def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None,
+                    trainable: set[str] | None = None) -> dict[str, int]:
     """Channels kept per residual stream (``coupled_maps``, named by the first producer): a
-    ratio pruned from every stream, or explicit (``explicit_counts``)."""
+    ratio pruned from every stream, or explicit (``explicit_counts``). With ``trainable``
+    (the nodes stage-wise and joint recovery reach), a stream whose convs reach past the last
+    stage output is left out, or refused by name: an adapter there could not train."""
     if prune_streams is None:
         return {}
     maps = coupled_maps(gm)
+    beyond = {m.name for m in maps if trainable is not None
+              and not set(m.producers + m.consumers) <= trainable}
     if isinstance(prune_streams, Mapping):
+        refused = sorted(beyond & set(prune_streams))
+        if refused:
+            raise FxpruneError(f"the streams after {', '.join(refused)} feed convs past the last "
+                               "stage output, which stage-wise and joint recovery cannot train; "
+                               "use --schedule layerwise")
         return explicit_counts(prune_streams, {m.name: m.channels for m in maps},
                                "residual stream")
     if not maps:
         raise FxpruneError("no residual stream of this network can be pruned: each reaches an "
                            "op that would need the pruned channels too (a parameter-free "
                            "shortcut such as a slice and channel pad, or the pooling head)")
+    if len(beyond) == len(maps):
+        raise FxpruneError("every residual stream here feeds convs past the last stage output, "
+                           "which stage-wise and joint recovery cannot train; use --schedule "
+                           "layerwise")
     if not 0.0 <= prune_streams < 1.0:
         raise FxpruneError(f"stream pruning ratio must be in [0, 1), not {prune_streams}")
-    return {m.name: max(1, round(m.channels * (1.0 - prune_streams))) for m in maps}
+    return {m.name: max(1, round(m.channels * (1.0 - prune_streams))) for m in maps
+            if m.name not in beyond}
 
 
 def _up_to_last_stage(gm: fx.GraphModule, structure: Structure) -> set[str]:
@@ -291,7 +311,9 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     # hide the stream from the analysis; a drop site that falls on a stream's conv is then
     # served by the stream's own adapter (N -> C before a consumer absorbs a C -> C one)
     student = DropBlocks(ids)(student).graph_module
-    streams = resolve_streams(student, prune_streams)
+    staged = recover == "practise" and config.schedule != "layerwise"
+    streams = resolve_streams(student, prune_streams,
+                              _up_to_last_stage(student, structure) if staged else None)
     student = PassManager([PruneCoupledMaps(streams), InsertAdapters(sites)])(
         student).graph_module
     stage_outputs = {stand_in(student, stage.blocks[-1].exit) for stage in structure.stages} \

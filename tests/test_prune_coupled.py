@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -21,6 +22,8 @@ from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import named_modules
 from fxprune.models import cifar_resnet
 from fxprune.passes import FoldAdapters, PruneCoupledMaps, PruneFilters
+from fxprune.pipeline import explicit_counts
+from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, _layer_groups, _stage_targets, recover
 from fxprune.recovery.segments import run_batched, segment
@@ -319,3 +322,34 @@ def test_layerwise_trains_what_feeds_a_stream_first():
     groups = [(sorted({node.meta[PRUNE_GROUP_META] for node in members}), convs)
               for members, _, convs in _layer_groups(gm)]
     assert groups == [(["conv1"], ["conv2"]), (["short"], ["head"])]
+
+
+def test_streams_feeding_the_head_conv_need_the_layerwise_schedule():
+    """MobileNetV3's last stream feeds the head conv, past the last stage output: stage-wise
+    recovery leaves it out (or refuses it by name); layer-wise prunes it, and the `mir`
+    finetune then compares the narrowed pre-pooling feature at its kept channels."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    images, size = torch.randn(4, 3, 64, 64), (3, 64, 64)
+    quick = FitConfig(lr=1e-3, max_steps=2, patience=2)
+    staged = fxprune.compress(model, images, size, drop=None, prune_streams=0.25,
+                              recovery=RecoveryConfig(fit=quick), progress=False)
+    assert list(staged.report["prune_streams"]["kept"]) == [
+        "features_2_block_2_0", "features_4_block_3_0", "features_7_block_3_0"]
+    with pytest.raises(FxpruneError, match="after features_9_block_3_0 feed convs past"):
+        fxprune.compress(model, images, size, drop=None, recovery=RecoveryConfig(fit=quick),
+                         prune_streams={"features_9_block_3_0": 0.5}, progress=False)
+    layerwise = fxprune.compress(model, images, size, drop=None, prune_streams=0.25,
+                                 recovery=RecoveryConfig(schedule="layerwise", fit=quick),
+                                 finetune="mir", finetuning=FinetuneConfig(epochs=1),
+                                 progress=False)
+    assert layerwise.report["prune_streams"]["kept"]["features_9_block_3_0"] == 72
+    assert count_modules(layerwise.model, Adapter) == 0
+
+
+def test_explicit_counts_take_integers_and_refuse_booleans():
+    channels = {"conv1": 8}
+    assert explicit_counts({"conv1": np.int64(3)}, channels, "map") == {"conv1": 3}
+    assert explicit_counts({"conv1": 0.5}, channels, "map") == {"conv1": 4}
+    with pytest.raises(FxpruneError, match="not True"):
+        explicit_counts({"conv1": True}, channels, "map")

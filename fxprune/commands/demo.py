@@ -11,6 +11,7 @@ from fxprune.commands.compress import compress_to
 from fxprune.data import data_dir
 from fxprune.errors import FxpruneError
 from fxprune.recovery.practise import RecoveryConfig
+from fxprune.report import latency_ratio
 
 MODEL = "cifar:resnet56"
 WEIGHTS_URL = ("https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/"
@@ -90,7 +91,7 @@ def summary(report: dict, out: Path) -> str:
         f"(x{shipped['macs'] / original['macs']:.3f})",
         f"ONNX Runtime latency (batch {latency['batch']}, {latency['threads']} thread): "
         f"{original['latency_ms']:.1f} ms -> {shipped['latency_ms']:.1f} ms "
-        f"(x{shipped['latency_ms'] / original['latency_ms']:.3f})",
+        f"(x{latency_ratio(shipped, original):.3f})",
         f"took {report['seconds_total']:.0f} s (recovery {report['phases'].get('recover', 0):.0f}"
         f" s); outputs in {out}: model.onnx, model.pt2, report.md, tradeoff.png, report.json",
     ])

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from fxprune.adapters import KEPT_CHANNELS_META
 from fxprune.analysis.structure import find_structure, stand_in
 from fxprune.datasets import augment
 from fxprune.errors import FxpruneError, PreconditionError
@@ -83,7 +84,11 @@ def finetune(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Ten
                            "unlabelled set")
     feature = pre_pooling(teacher) if config.objective == "mir" else penultimate(teacher)
     source = next(node.name for node in teacher.graph.nodes if node.op == "placeholder")
-    student_outputs = [stand_in(student, feature), _logits_name(student)]
+    student_feature = stand_in(student, feature)
+    student_outputs = [student_feature, _logits_name(student)]
+    # a feature on a pruned residual stream is compared at the channels it kept
+    kept = next(node.meta.get(KEPT_CHANNELS_META) for node in student.graph.nodes
+                if node.name == student_feature)
     student_net = segment(student, [source], student_outputs)
     teacher_net = segment(teacher.eval(), [source], [feature])
     generator = torch.Generator().manual_seed(config.seed)
@@ -110,6 +115,7 @@ def finetune(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Ten
                     batch = augment(batch, generator)
                 with torch.no_grad():
                     target = teacher_net(batch)
+                    target = target if kept is None else target[:, kept]
                 features, logits = student_net(batch)
                 loss = config.beta * F.mse_loss(features, target)
                 if config.objective == "ce-mse":
