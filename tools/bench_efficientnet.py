@@ -107,7 +107,9 @@ def summarize(results: dict) -> str:
     lines = ["# EfficientNet-Lite0: block drop + tiny-set recovery on ImageNet sample images",
              "", f"{COMMAND} — top-1 % and agreement % with the original on 500 held-out "
              "ImageNet sample images (one per class, disjoint from the tiny sets); latency "
-             "ratio: ONNX Runtime, batch 1, one thread, interleaved with the original; "
+             "ratio: ONNX Runtime, batch 1, one thread, interleaved with the original (the "
+             "streams-stagewise row: ratio of 10th-percentile times, `latency_ratio`; the "
+             "earlier rows: median of per-round ratios); "
              f"`auto` = `--drop auto --budget {BUDGET}` (greedy).", "",
              f"Original: top-1 {original:.2f} on the held-out images.", "",
              "| N | choice | seed | blocks | MAC ratio | latency ratio | pruned top-1 | "
