@@ -32,7 +32,6 @@ from fxprune.adapters import AdapterSite
 from fxprune.passes import (DropBlocks, FactorizeConvs, FoldAdapters, InsertAdapters,
                             MaskWeights, PruneCoupledMaps, PruneFilters)
 from fxprune.passes.factorize_convs import factorizable
-from fxprune.passes.prune_filters import keep_counts
 from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune
 from fxprune.recovery.practise import RecoveryConfig, recover as run_recovery
 from fxprune.selection import SelectionConfig, select_blocks
@@ -139,65 +138,56 @@ def explicit_counts(asked: Mapping[str, int | float], channels: Mapping[str, int
     return counts
 
 
+def _kept_channels(spec: PruningSpec | None, channels: Mapping[str, int], untrainable: set[str],
+                   what: str, why_untrainable: str, why_none: str) -> dict[str, int]:
+    """Channels kept per map (``channels``: per map name, its width) for a ratio pruned from
+    every map, or explicit (``explicit_counts``). Maps in ``untrainable`` are left out of a
+    ratio, or refused by name."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        refused = sorted(untrainable & set(spec))
+        if refused:
+            raise FxpruneError(f"the {what}s after {', '.join(refused)} {why_untrainable}; use "
+                               "--schedule layerwise")
+        return explicit_counts(spec, channels, what)
+    if not channels:
+        raise FxpruneError(f"no {what} of this network can be pruned: {why_none}")
+    if set(channels) <= untrainable:
+        raise FxpruneError(f"all {what}s here {why_untrainable}; use --schedule layerwise")
+    if not 0.0 <= spec < 1.0:
+        raise FxpruneError(f"the pruning ratio must be in [0, 1), not {spec}")
+    return {name: max(1, round(width * (1.0 - spec))) for name, width in channels.items()
+            if name not in untrainable}
+
+
 def resolve_pruning(gm: fx.GraphModule, prune_filters: PruningSpec | None,
                     full_width: set[str] = frozenset()) -> dict[str, int]:
-    """Filters kept per producer conv: a ratio pruned from every prunable map, or explicit
-    (``explicit_counts``). Maps whose chain holds a node of ``full_width`` (stage outputs that
-    stage-wise recovery compares with the teacher's, channel for channel) are left out, or
-    refused by name."""
-    if prune_filters is None:
-        return {}
+    """Filters kept per producer conv (``_kept_channels`` over ``prunable_maps``). Maps whose
+    chain holds a node of ``full_width`` (stage outputs that stage-wise recovery compares
+    with the teacher's, channel for channel) are left out, or refused by name."""
     maps = prunable_maps(gm)
-    crossing = {m.producer for m in maps if full_width & set(m.chain)}
-    if isinstance(prune_filters, Mapping):
-        refused = sorted(crossing & set(prune_filters))
-        if refused:
-            raise FxpruneError(f"the maps after {', '.join(refused)} are stage outputs, which "
-                               "stage-wise recovery compares at full width; use --schedule "
-                               "layerwise")
-        return explicit_counts(prune_filters, {m.producer: m.channels for m in maps},
-                               "prunable feature map")
-    if not maps:
-        raise FxpruneError("no prunable feature map (conv -> [BN] -> activation -> conv) in "
-                           "this network")
-    if len(crossing) == len(maps):
-        raise FxpruneError("every prunable feature map is a stage output here (a plain network "
-                           "such as VGG), which stage-wise recovery compares at full width; "
-                           "use --schedule layerwise")
-    return keep_counts([m for m in maps if m.producer not in crossing], float(prune_filters))
+    return _kept_channels(
+        prune_filters, {m.producer: m.channels for m in maps},
+        {m.producer for m in maps if full_width & set(m.chain)}, "prunable feature map",
+        "pass through stage outputs, which stage-wise recovery compares at full width",
+        "none has the form conv -> [BN] -> activation -> conv")
 
 
 def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None,
                     trainable: set[str] | None = None) -> dict[str, int]:
-    """Channels kept per residual stream (``coupled_maps``, named by the first producer): a
-    ratio pruned from every stream, or explicit (``explicit_counts``). With ``trainable``
-    (the nodes stage-wise and joint recovery reach), a stream whose convs reach past the last
-    stage output is left out, or refused by name: an adapter there could not train."""
-    if prune_streams is None:
-        return {}
+    """Channels kept per residual stream (``_kept_channels`` over ``coupled_maps``, named by
+    the first producer). With ``trainable`` (the nodes stage-wise and joint recovery reach),
+    a stream whose convs reach past the last stage output is left out, or refused by name:
+    an adapter there could not train."""
     maps = coupled_maps(gm)
-    beyond = {m.name for m in maps if trainable is not None
-              and not set(m.producers + m.consumers) <= trainable}
-    if isinstance(prune_streams, Mapping):
-        refused = sorted(beyond & set(prune_streams))
-        if refused:
-            raise FxpruneError(f"the streams after {', '.join(refused)} feed convs past the last "
-                               "stage output, which stage-wise and joint recovery cannot train; "
-                               "use --schedule layerwise")
-        return explicit_counts(prune_streams, {m.name: m.channels for m in maps},
-                               "residual stream")
-    if not maps:
-        raise FxpruneError("no residual stream of this network can be pruned: each reaches an "
-                           "op that would need the pruned channels too (a parameter-free "
-                           "shortcut such as a slice and channel pad, or the pooling head)")
-    if len(beyond) == len(maps):
-        raise FxpruneError("every residual stream here feeds convs past the last stage output, "
-                           "which stage-wise and joint recovery cannot train; use --schedule "
-                           "layerwise")
-    if not 0.0 <= prune_streams < 1.0:
-        raise FxpruneError(f"stream pruning ratio must be in [0, 1), not {prune_streams}")
-    return {m.name: max(1, round(m.channels * (1.0 - prune_streams))) for m in maps
-            if m.name not in beyond}
+    return _kept_channels(
+        prune_streams, {m.name: m.channels for m in maps},
+        {m.name for m in maps if trainable is not None
+         and not set(m.producers + m.consumers) <= trainable}, "residual stream",
+        "feed convs past the last stage output, which stage-wise and joint recovery cannot "
+        "train", "each reaches an op that would need the pruned channels too (a parameter-free "
+        "shortcut such as a slice and channel pad, or the pooling head)")
 
 
 def _up_to_last_stage(gm: fx.GraphModule, structure: Structure) -> set[str]:

@@ -183,6 +183,19 @@ def test_per_map_requests_mix_counts_and_ratios():
                          prune_filters={"layer1_0_conv1": 1.5}, progress=False)
 
 
+def test_maps_stage_wise_recovery_cannot_train_are_refused_or_left_out():
+    """A plain network's maps all pass through stage outputs, which stage-wise recovery
+    compares at full width: a ratio and a request by name are both refused."""
+    model, images = PlainNet().eval(), example_input(SIZE, batch=4, seed=1)
+    for spec, message in ((0.5, "all prunable feature maps here pass through stage outputs"),
+                          ({"conv1": 0.5}, "maps after conv1 pass through stage outputs")):
+        with pytest.raises(fxprune.FxpruneError, match=message + ".*--schedule layerwise"):
+            fxprune.compress(model, images, SIZE, drop=None, prune_filters=spec, progress=False)
+    with pytest.raises(fxprune.FxpruneError, match=r"ratio must be in \[0, 1\), not 1.0"):
+        fxprune.compress(model, images, SIZE, drop=None, prune_filters=1.0, progress=False,
+                         recovery=RecoveryConfig(schedule="layerwise"))
+
+
 def test_cli_pruning_spec():
     assert pruning_spec("0.5") == 0.5
     assert pruning_spec("layer1_0_conv1=0.5, layer2_0_conv1 =0.25") == {
