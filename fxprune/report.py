@@ -34,6 +34,31 @@ def accuracy_of(report: dict[str, Any], key: str) -> tuple[float, str]:
                                                        "agreement with original %")
 
 
+def setbacks(report: dict[str, Any]) -> list[str]:
+    """A warning for each training step (recovery, finetune) that left the model less
+    accurate on the evaluation images than it found it (``accuracy_of``): a tiny set that
+    is too small or unlike those images can make a step fit it at their expense."""
+    recovery = ("recovery", "--recover none")
+    finetune = (f"the {report['finetune']} finetune", "--finetune none")
+    if "recovered" in report:
+        steps = [(*recovery, "pruned", "recovered"), (*finetune, "recovered", "compressed")]
+    elif report["recover"] != "none":
+        steps = [(*recovery, "pruned", "compressed")]
+    elif report["finetune"] != "none":
+        steps = [(*finetune, "pruned", "compressed")]
+    else:
+        steps = []
+    images = report.get("evaluation", {}).get("images", "the")
+    warnings = []
+    for step, without, before, after in steps:
+        (old, measure), (new, _) = accuracy_of(report, before), accuracy_of(report, after)
+        if old is not None and new is not None and new < old:
+            warnings.append(f"{step} lowered {measure.removesuffix(' %')} on {images} "
+                            f"evaluation images from {old:.2f} to {new:.2f} %: the tiny set "
+                            f"may be too small or unlike them; try more images, or {without}")
+    return warnings
+
+
 def _latency_text(report: dict[str, Any]) -> str:
     latency = report.get("latency")
     if not latency:
@@ -131,6 +156,8 @@ def render_report(report: dict[str, Any], plot: str | None = None) -> str:
     if "onnx_max_abs_diff" in report:
         lines.append(f"ONNX Runtime vs PyTorch max abs difference: "
                      f"{report['onnx_max_abs_diff']:.2e}.")
+    for warning in report.get("warnings", []):
+        lines += ["", f"**Warning:** {warning}"]
     if report.get("auto"):
         lines += ["", *_auto_section(report["auto"])]
     if plot:

@@ -10,6 +10,7 @@ import argparse
 import json
 import tempfile
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,13 +19,13 @@ import torch
 from fxprune.commands.common import add_model_arguments, atomic_output, positive_int
 from fxprune.pipeline import FINETUNES, RECOVERIES, compress, resolve_device
 from fxprune.datasets import open_pool, split_pool, to_tensor
-from fxprune.errors import FxpruneError
+from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.evaluate import percent_equal, predictions
 from fxprune.export import export_onnx, onnx_max_abs_diff
 from fxprune.latency import Timing, bench_input, interleaved_seconds, onnx_runner, latency_ratio
 from fxprune.models import load_model
 from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
-from fxprune.report import write_report
+from fxprune.report import setbacks, write_report
 from fxprune.saving import MODEL_FILE
 from fxprune.selection import STRATEGIES, SelectionConfig
 
@@ -219,6 +220,9 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
         timing = Timing.of(times)
         report[key].update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms,
                            latency_ratio=latency_ratio(times, samples[0]))
+    report["warnings"] = setbacks(report)
+    for warning in report["warnings"]:
+        warnings.warn(warning, FxpruneWarning, stacklevel=2)
     result.save(folder / MODEL_FILE)
     report["seconds_total"] = time.perf_counter() - start
     (folder / "report.json").write_text(json.dumps(report, indent=1))
