@@ -67,14 +67,22 @@ def register(commands) -> None:
     parser.add_argument("--sparsity", type=float, metavar="S",
                         help="mask this fraction of every conv's weights (magnitude), e.g. 0.9; "
                              "the adapters learn inside the mask so its zeros ship")
-    parser.add_argument("--recover", choices=RECOVERIES, default="practise")
+    parser.add_argument("--recover", choices=RECOVERIES, default="practise",
+                        help="practise: train 1x1 adapters to mimic the original's features, "
+                        "label-free, then fold them (default); none: no adapters (with --finetune: the "
+                        "paper's baseline)")
     parser.add_argument("--schedule", choices=SCHEDULES, default=RecoveryConfig().schedule,
-                        help="how adapters are trained (see README)")
+                        help="how adapters are trained: per stage (default), all at once, or "
+                        "one layer at a time as in the paper (see README)")
     parser.add_argument("--placement", choices=("paper", "cvpr"),
                         help="where adapters go around a dropped block (default: paper for the "
                              "layerwise schedule, cvpr otherwise)")
-    parser.add_argument("--finetune", choices=FINETUNES, default="none")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune", choices=FINETUNES, default="none",
+                        help="then train every weight: ce-mse = labels + feature mimicking "
+                        "(paper's Eq. 4), mse = feature mimicking only, mir = pre-pooling "
+                        "features with BN in train mode (CVPR'23 code); default none")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draws the tiny set and seeds training (default 0)")
     parser.add_argument("--eval", metavar="SPEC", help="evaluation images (default: the pool's "
                         "test split where it has one, else the pool's images not drawn)")
     parser.add_argument("--steps", type=int, metavar="N",
