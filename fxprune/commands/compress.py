@@ -69,8 +69,8 @@ def register(commands) -> None:
                              "the adapters learn inside the mask so its zeros ship")
     parser.add_argument("--recover", choices=RECOVERIES, default="practise",
                         help="practise: train 1x1 adapters to mimic the original's features, "
-                        "label-free, then fold them (default); none: no adapters (with --finetune: the "
-                        "paper's baseline)")
+                        "label-free, then fold them (default); none: no adapters (with "
+                        "--finetune: the paper's baseline)")
     parser.add_argument("--schedule", choices=SCHEDULES, default=RecoveryConfig().schedule,
                         help="how adapters are trained: per stage (default), all at once, or "
                         "one layer at a time as in the paper (see README)")
