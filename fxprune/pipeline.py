@@ -139,7 +139,7 @@ def explicit_counts(asked: Mapping[str, int | float], channels: Mapping[str, int
 
 
 def _kept_channels(spec: PruningSpec | None, channels: Mapping[str, int], untrainable: set[str],
-                   what: str, why_untrainable: str, why_none: str) -> dict[str, int]:
+                   what: str, why_untrainable: str, none_found: str) -> dict[str, int]:
     """Channels kept per map (``channels``: per map name, its width) for a ratio pruned from
     every map, or explicit (``explicit_counts``). Maps in ``untrainable`` are left out of a
     ratio, or refused by name."""
@@ -152,7 +152,7 @@ def _kept_channels(spec: PruningSpec | None, channels: Mapping[str, int], untrai
                                "--schedule layerwise")
         return explicit_counts(spec, channels, what)
     if not channels:
-        raise FxpruneError(f"no {what} of this network can be pruned: {why_none}")
+        raise FxpruneError(none_found)
     if set(channels) <= untrainable:
         raise FxpruneError(f"all {what}s here {why_untrainable}; use --schedule layerwise")
     if not 0.0 <= spec < 1.0:
@@ -171,7 +171,8 @@ def resolve_pruning(gm: fx.GraphModule, prune_filters: PruningSpec | None,
         prune_filters, {m.producer: m.channels for m in maps},
         {m.producer for m in maps if full_width & set(m.chain)}, "prunable feature map",
         "pass through stage outputs, which stage-wise recovery compares at full width",
-        "none has the form conv -> [BN] -> activation -> conv")
+        "this network has no prunable feature map: none runs conv -> [BN] -> activation -> "
+        "an ungrouped conv")
 
 
 def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None,
@@ -186,14 +187,15 @@ def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None,
         {m.name for m in maps if trainable is not None
          and not set(m.producers + m.consumers) <= trainable}, "residual stream",
         "feed convs past the last stage output, which stage-wise and joint recovery cannot "
-        "train", "each reaches an op that would need the pruned channels too (a parameter-free "
-        "shortcut such as a slice and channel pad, or the pooling head)")
+        "train", "no residual stream of this network can be pruned: each reaches an op that "
+        "would need the pruned channels too (a parameter-free shortcut such as a slice and "
+        "channel pad, or the pooling head)")
 
 
 def _up_to_last_stage(gm: fx.GraphModule, structure: Structure) -> set[str]:
     """Names of ``gm``'s nodes up to the last stage output (``structure`` from before any
     drop; a dropped exit counts where its stand-in is)."""
-    exit_name = stand_in(gm, structure.stages[-1].blocks[-1].exit)
+    exit_name = stand_in(gm, structure.last_exit)
     names = []
     for node in gm.graph.nodes:
         names.append(node.name)

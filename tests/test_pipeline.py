@@ -72,3 +72,22 @@ def test_baseline_finetune_needs_labels(model, images):
 def test_bad_options_are_explained(model, images, kwargs, message):
     with pytest.raises(FxpruneError, match=message):
         fxprune.compress(model, images, SIZE, progress=False, **kwargs)
+
+
+def test_a_network_without_stages_needs_layerwise_recovery():
+    """ConvNeXt's blocks (depthwise conv, LayerNorm, linear layers) form no stage the analysis
+    can drop: stage-wise recovery and the mir finetune have no stage output to mimic and say
+    so; layer-wise recovery still trains the adapters of its factorized convs."""
+    import torchvision
+    model, size = torchvision.models.convnext_tiny().eval(), (3, 32, 32)
+    images = example_input(size, batch=2, seed=0)
+    quick = FitConfig(lr=1e-3, max_steps=2, patience=2)
+    for kwargs in ({"recovery": RecoveryConfig(fit=quick)},
+                   {"recover": "none", "finetune": "mir"}):
+        with pytest.raises(FxpruneError, match="no stage found.*--schedule layerwise"):
+            fxprune.compress(model, images, size, drop=None, decouple="dwpw", progress=False,
+                             **kwargs)
+    result = fxprune.compress(model, images, size, drop=None, decouple="dwpw", progress=False,
+                              recovery=RecoveryConfig(schedule="layerwise", fit=quick))
+    assert result.report["adapters"] == len(result.report["decouple"]["convs"]) > 0
+    assert count_modules(result.model, Adapter) == 0

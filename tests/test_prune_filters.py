@@ -185,12 +185,16 @@ def test_per_map_requests_mix_counts_and_ratios():
 
 def test_maps_stage_wise_recovery_cannot_train_are_refused_or_left_out():
     """A plain network's maps all pass through stage outputs, which stage-wise recovery
-    compares at full width: a ratio and a request by name are both refused."""
+    compares at full width: a ratio and a request by name are both refused; so are a network
+    with no prunable map and a ratio of 1."""
     model, images = PlainNet().eval(), example_input(SIZE, batch=4, seed=1)
     for spec, message in ((0.5, "all prunable feature maps here pass through stage outputs"),
                           ({"conv1": 0.5}, "maps after conv1 pass through stage outputs")):
         with pytest.raises(fxprune.FxpruneError, match=message + ".*--schedule layerwise"):
             fxprune.compress(model, images, SIZE, drop=None, prune_filters=spec, progress=False)
+    mobilenet = torchvision.models.mobilenet_v2().eval()  # expand -> grouped depthwise only
+    with pytest.raises(fxprune.FxpruneError, match="has no prunable feature map"):
+        fxprune.compress(mobilenet, images, SIZE, drop=None, prune_filters=0.5, progress=False)
     with pytest.raises(fxprune.FxpruneError, match=r"ratio must be in \[0, 1\), not 1.0"):
         fxprune.compress(model, images, SIZE, drop=None, prune_filters=1.0, progress=False,
                          recovery=RecoveryConfig(schedule="layerwise"))

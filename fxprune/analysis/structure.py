@@ -96,6 +96,17 @@ class Structure:
     def blocks(self) -> tuple[Block, ...]:
         return tuple(block for stage in self.stages for block in stage.blocks)
 
+    @property
+    def last_exit(self) -> str:
+        """The last stage's output (the pre-pooling feature); a network with no stage found
+        (no residual block and no conv sequence that a dropped conv could leave) has none."""
+        if not self.stages:
+            raise PreconditionError(
+                "no stage found in this network (no residual block, and no conv that could be "
+                "dropped), so there is no stage output to mimic; use --schedule layerwise, "
+                "and --finetune ce-mse or mse rather than mir")
+        return self.stages[-1].blocks[-1].exit
+
     def block(self, block_id: str) -> Block:
         for block in self.blocks:
             if block.id == block_id:

@@ -63,7 +63,7 @@ def penultimate(gm: fx.GraphModule) -> str:
 
 def pre_pooling(gm: fx.GraphModule) -> str:
     """Name of the last stage's output node."""
-    return find_structure(gm).stages[-1].blocks[-1].exit
+    return find_structure(gm).last_exit
 
 
 def _logits_name(gm: fx.GraphModule) -> str:

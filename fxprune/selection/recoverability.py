@@ -41,7 +41,7 @@ class Recoverability:
         self.placement = placement
         self.batch_size = batch_size
         self.source = next(node.name for node in teacher.graph.nodes if node.op == "placeholder")
-        self.feature = self.structure.stages[-1].blocks[-1].exit
+        self.feature = self.structure.last_exit
         self.target = self._feature(teacher)
         self.scale = float(self.target.pow(2).mean()) or 1.0
         self.scores: dict[frozenset[str], float] = {}
