@@ -23,7 +23,7 @@ from torch import fx, nn
 from fxprune.analysis.channels import coupled_maps, prunable_maps
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import Structure, find_structure, stand_in
-from fxprune.errors import FxpruneError, FxpruneWarning
+from fxprune.errors import FxpruneError, FxpruneWarning, PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, owns_module,
                            parameter_dtype)
 from fxprune.macs import count_params, node_macs, total_macs
@@ -32,7 +32,8 @@ from fxprune.adapters import AdapterSite
 from fxprune.passes import (DropBlocks, FactorizeConvs, FoldAdapters, InsertAdapters,
                             MaskWeights, PruneCoupledMaps, PruneFilters)
 from fxprune.passes.factorize_convs import factorizable
-from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune
+from fxprune.passes.prune_filters import kept_count
+from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune, pre_pooling
 from fxprune.recovery.practise import RecoveryConfig, recover as run_recovery
 from fxprune.selection import SelectionConfig, select_blocks
 from fxprune.tracing import example_input, trace
@@ -134,31 +135,31 @@ def explicit_counts(asked: Mapping[str, int | float], channels: Mapping[str, int
                                + (", ".join(channels) or "none"))
         if not 0.0 <= value < 1.0:
             raise FxpruneError(f"the pruning ratio of '{name}' must be in [0, 1), not {value}")
-        counts[name] = max(1, round(channels[name] * (1.0 - value)))
+        counts[name] = kept_count(channels[name], value)
     return counts
 
 
-def _kept_channels(spec: PruningSpec | None, channels: Mapping[str, int], untrainable: set[str],
-                   what: str, why_untrainable: str, none_found: str) -> dict[str, int]:
+def _kept_channels(spec: PruningSpec | None, channels: Mapping[str, int], *, excluded: set[str],
+                   what: str, why_excluded: str, none_found: str) -> dict[str, int]:
     """Channels kept per map (``channels``: per map name, its width) for a ratio pruned from
-    every map, or explicit (``explicit_counts``). Maps in ``untrainable`` are left out of a
+    every map, or explicit (``explicit_counts``). Maps in ``excluded`` are left out of a
     ratio, or refused by name."""
     if spec is None:
         return {}
     if isinstance(spec, Mapping):
-        refused = sorted(untrainable & set(spec))
+        refused = sorted(excluded & set(spec))
         if refused:
-            raise FxpruneError(f"the {what}s after {', '.join(refused)} {why_untrainable}; use "
+            raise FxpruneError(f"the {what}s after {', '.join(refused)} {why_excluded}; use "
                                "--schedule layerwise")
         return explicit_counts(spec, channels, what)
     if not channels:
         raise FxpruneError(none_found)
-    if set(channels) <= untrainable:
-        raise FxpruneError(f"all {what}s here {why_untrainable}; use --schedule layerwise")
+    if set(channels) <= excluded:
+        raise FxpruneError(f"all {what}s here {why_excluded}; use --schedule layerwise")
     if not 0.0 <= spec < 1.0:
-        raise FxpruneError(f"the pruning ratio must be in [0, 1), not {spec}")
-    return {name: max(1, round(width * (1.0 - spec))) for name, width in channels.items()
-            if name not in untrainable}
+        raise FxpruneError(f"the pruning ratio of every {what} must be in [0, 1), not {spec}")
+    return {name: kept_count(width, spec) for name, width in channels.items()
+            if name not in excluded}
 
 
 def resolve_pruning(gm: fx.GraphModule, prune_filters: PruningSpec | None,
@@ -169,10 +170,12 @@ def resolve_pruning(gm: fx.GraphModule, prune_filters: PruningSpec | None,
     maps = prunable_maps(gm)
     return _kept_channels(
         prune_filters, {m.producer: m.channels for m in maps},
-        {m.producer for m in maps if full_width & set(m.chain)}, "prunable feature map",
-        "pass through stage outputs, which stage-wise recovery compares at full width",
-        "this network has no prunable feature map: none runs conv -> [BN] -> activation -> "
-        "an ungrouped conv")
+        excluded={m.producer for m in maps if full_width & set(m.chain)},
+        what="prunable feature map",
+        why_excluded="pass through stage outputs, which stage-wise and joint recovery compare "
+        "at full width",
+        none_found="this network has no prunable feature map: none runs an ungrouped conv -> "
+        "[BN] -> activation -> an ungrouped conv, each output used once")
 
 
 def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None,
@@ -184,10 +187,12 @@ def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None,
     maps = coupled_maps(gm)
     return _kept_channels(
         prune_streams, {m.name: m.channels for m in maps},
-        {m.name for m in maps if trainable is not None
-         and not set(m.producers + m.consumers) <= trainable}, "residual stream",
-        "feed convs past the last stage output, which stage-wise and joint recovery cannot "
-        "train", "no residual stream of this network can be pruned: each reaches an op that "
+        excluded={m.name for m in maps if trainable is not None
+                  and not set(m.producers + m.consumers) <= trainable},
+        what="residual stream",
+        why_excluded="feed convs past the last stage output, which stage-wise and joint "
+        "recovery cannot train",
+        none_found="no residual stream of this network can be pruned: each reaches an op that "
         "would need the pruned channels too (a parameter-free shortcut such as a slice and "
         "channel pad, or the pooling head)")
 
@@ -195,7 +200,11 @@ def resolve_streams(gm: fx.GraphModule, prune_streams: PruningSpec | None,
 def _up_to_last_stage(gm: fx.GraphModule, structure: Structure) -> set[str]:
     """Names of ``gm``'s nodes up to the last stage output (``structure`` from before any
     drop; a dropped exit counts where its stand-in is)."""
-    exit_name = stand_in(gm, structure.last_exit)
+    try:
+        exit_name = stand_in(gm, structure.last_exit)
+    except PreconditionError as error:
+        raise PreconditionError(f"{error}, so stage-wise and joint recovery have no stage "
+                                "output to mimic; use --schedule layerwise") from None
     names = []
     for node in gm.graph.nodes:
         names.append(node.name)
@@ -288,6 +297,8 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     teacher = trace(model, size, leaf_modules).eval()
     student = trace(model, size, leaf_modules).eval()
     structure = find_structure(student)
+    if finetune == "mir":
+        pre_pooling(teacher)  # the feature it mimics must exist: fail before any training
     auto = _auto_selection(teacher, images, size, drop, budget, selection, placement, progress)
     drop = auto.blocks if auto is not None else drop
     others = any(option is not None for option in (prune_filters, prune_streams, sparsity,

@@ -44,11 +44,16 @@ def l1_kept(convs: Sequence[nn.Conv2d], keep: int) -> torch.Tensor:
     return torch.tensor(sorted(order[:keep]), dtype=torch.long)
 
 
+def kept_count(channels: int, ratio: float) -> int:
+    """Channels kept when a fraction ``ratio`` of ``channels`` is pruned: at least one."""
+    return max(1, round(channels * (1.0 - ratio)))
+
+
 def keep_counts(maps: list[PrunableMap], ratio: float) -> dict[str, int]:
     """Filters kept per map when a fraction ``ratio`` of every map's channels is pruned."""
     if not 0.0 <= ratio < 1.0:
         raise PreconditionError(f"filter pruning ratio must be in [0, 1), not {ratio}")
-    return {m.producer: max(1, round(m.channels * (1.0 - ratio))) for m in maps}
+    return {m.producer: kept_count(m.channels, ratio) for m in maps}
 
 
 class ChannelPruning(PassBase):

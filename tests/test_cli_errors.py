@@ -3,6 +3,7 @@ never an output folder (nor a staging folder) left behind."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import numpy as np
@@ -143,6 +144,18 @@ def test_corrupt_images_are_skipped_with_a_count(tmp_path, capsys):
     assert "fxprune: warning: skipped 3 unreadable image file(s)" in err
     assert "Traceback" not in err and "UserWarning" not in err
     assert (tmp_path / "out" / "report.json").exists()
+
+
+def test_setbacks_are_printed_and_reported(tmp_path, capsys, monkeypatch):
+    """What ``setbacks`` finds reaches the user three ways: a warning line, report.json and
+    report.md (its judgement itself: tests/test_report.py)."""
+    setback = "recovery lowered agreement with the original on the 6 evaluation images"
+    monkeypatch.setattr(commands.compress, "setbacks", lambda report: [setback])
+    folder = _write_images(tmp_path / "images", 14)
+    assert main(_compress(tmp_path, "--images=8", data=f"folder:{folder}")) == 0
+    assert f"fxprune: warning: {setback}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["setbacks"] == [setback]
+    assert f"\n\n**Warning:** {setback}\n" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_output_that_cannot_be_written(tmp_path, capsys):

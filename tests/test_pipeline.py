@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import fxprune
@@ -78,13 +79,13 @@ def test_a_network_without_stages_needs_layerwise_recovery():
     """ConvNeXt's blocks (depthwise conv, LayerNorm, linear layers) form no stage the analysis
     can drop: stage-wise recovery and the mir finetune have no stage output to mimic and say
     so; layer-wise recovery still trains the adapters of its factorized convs."""
-    import torchvision
     model, size = torchvision.models.convnext_tiny().eval(), (3, 32, 32)
     images = example_input(size, batch=2, seed=0)
     quick = FitConfig(lr=1e-3, max_steps=2, patience=2)
-    for kwargs in ({"recovery": RecoveryConfig(fit=quick)},
-                   {"recover": "none", "finetune": "mir"}):
-        with pytest.raises(FxpruneError, match="no stage found.*--schedule layerwise"):
+    for kwargs, remedy in (({"recovery": RecoveryConfig(fit=quick)}, "--schedule layerwise"),
+                           ({"recover": "none", "finetune": "mir",
+                             "finetuning": FinetuneConfig(epochs=1)}, "--finetune ce-mse or mse")):
+        with pytest.raises(FxpruneError, match=f"no stage found.*; use {remedy}"):
             fxprune.compress(model, images, size, drop=None, decouple="dwpw", progress=False,
                              **kwargs)
     result = fxprune.compress(model, images, size, drop=None, decouple="dwpw", progress=False,

@@ -183,7 +183,7 @@ def test_per_map_requests_mix_counts_and_ratios():
                          prune_filters={"layer1_0_conv1": 1.5}, progress=False)
 
 
-def test_maps_stage_wise_recovery_cannot_train_are_refused_or_left_out():
+def test_maps_stage_wise_recovery_cannot_train_are_refused():
     """A plain network's maps all pass through stage outputs, which stage-wise recovery
     compares at full width: a ratio and a request by name are both refused; so are a network
     with no prunable map and a ratio of 1."""
@@ -195,7 +195,7 @@ def test_maps_stage_wise_recovery_cannot_train_are_refused_or_left_out():
     mobilenet = torchvision.models.mobilenet_v2().eval()  # expand -> grouped depthwise only
     with pytest.raises(fxprune.FxpruneError, match="has no prunable feature map"):
         fxprune.compress(mobilenet, images, SIZE, drop=None, prune_filters=0.5, progress=False)
-    with pytest.raises(fxprune.FxpruneError, match=r"ratio must be in \[0, 1\), not 1.0"):
+    with pytest.raises(fxprune.FxpruneError, match=r"ratio of every prunable feature map must be in \[0, 1\), not 1.0"):
         fxprune.compress(model, images, SIZE, drop=None, prune_filters=1.0, progress=False,
                          recovery=RecoveryConfig(schedule="layerwise"))
 

@@ -18,6 +18,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+import torch
 import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,7 @@ def run(name: str, scheme: dict) -> dict:
     size = (3, 96, 96) if name == "inception_v3" else (3, 64, 64)
     options = {"aux_logits": False, "init_weights": False} \
         if name in ("googlenet", "inception_v3") else {}
+    torch.manual_seed(0)
     model = torchvision.models.get_model(name, **options).eval()
     scheme = dict(scheme)
     recovery = RecoveryConfig(schedule=scheme.pop("schedule", "stagewise"), fit=QUICK)
@@ -67,6 +69,7 @@ def run(name: str, scheme: dict) -> dict:
     report = result.report
     return {"outcome": "ok", "macs": report["compressed"]["macs"] / report["original"]["macs"],
             "drop": report["drop"], "adapters": report["adapters"],
+            "weights_zero": (report["sparsity"] or {}).get("weights_zero"),
             "warnings": [" ".join(str(w.message).split()) for w in caught]}
 
 
@@ -86,9 +89,15 @@ def summarize(results: dict) -> str:
             elif cell["outcome"] == "ok":
                 count = len(cell["drop"])
                 dropped = f" ({count} block{'s' * (count > 1)})" if count else ""
-                cells.append(f"×{cell['macs']:.3f}{dropped}")
+                zeros = cell.get("weights_zero")
+                masked = f" ({zeros:.0%} zeros)" if zeros else ""
+                cells.append(f"×{cell['macs']:.3f}{dropped}{masked}")
             else:
-                cells.append(f"{cell['outcome']}: {re.split('[:;(]', cell['message'])[0].strip()}")
+                reason = re.split("[:;(]", cell["message"])[0].strip()
+                droppable = re.search(r"droppable blocks: ([\d., ]+)$", cell["message"])
+                if droppable and droppable.group(1).strip():
+                    reason += f" (droppable: {droppable.group(1).strip()})"
+                cells.append(f"{cell['outcome']}: {reason}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -107,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         file.save(results)
         print(name, {scheme: cell["outcome"] for scheme, cell in results["cells"][name].items()},
               flush=True)
-    crashes = [(name, scheme) for name, row in results["cells"].items()
-               for scheme, cell in row.items() if cell["outcome"] == "crash"]
+    crashes = [(name, scheme) for name in args.models
+               for scheme, cell in results["cells"][name].items() if cell["outcome"] == "crash"]
     print(f"{len(crashes)} crash(es): {crashes}" if crashes else "no crash")
     return 1 if crashes else 0
 

@@ -98,13 +98,11 @@ class Structure:
 
     @property
     def last_exit(self) -> str:
-        """The last stage's output (the pre-pooling feature); a network with no stage found
-        (no residual block and no conv sequence that a dropped conv could leave) has none."""
+        """The last stage's output (the pre-pooling feature). Raises ``PreconditionError``
+        when no stage was found; callers add what that rules out."""
         if not self.stages:
-            raise PreconditionError(
-                "no stage found in this network (no residual block, and no conv that could be "
-                "dropped), so there is no stage output to mimic; use --schedule layerwise, "
-                "and --finetune ce-mse or mse rather than mir")
+            raise PreconditionError("no stage found in this network (no residual block or conv "
+                                    "unit that fxprune recognises)")
         return self.stages[-1].blocks[-1].exit
 
     def block(self, block_id: str) -> Block:

@@ -70,17 +70,17 @@ def register(commands) -> None:
     parser.add_argument("--recover", choices=RECOVERIES, default="practise",
                         help="practise: train 1x1 adapters to mimic the original's features, "
                         "label-free, then fold them (default); none: no adapters (with "
-                        "--finetune: the paper's baseline)")
+                             "--finetune: the paper's baseline)")
     parser.add_argument("--schedule", choices=SCHEDULES, default=RecoveryConfig().schedule,
-                        help="how adapters are trained: per stage (default), all at once, or "
-                        "one layer at a time as in the paper (see README)")
+                        help="how adapters are trained: stagewise, per stage (default); joint, "
+                        "all at once; layerwise, one layer at a time as in the paper")
     parser.add_argument("--placement", choices=("paper", "cvpr"),
                         help="where adapters go around a dropped block (default: paper for the "
                              "layerwise schedule, cvpr otherwise)")
     parser.add_argument("--finetune", choices=FINETUNES, default="none",
                         help="then train every weight: ce-mse = labels + feature mimicking "
                         "(paper's Eq. 4), mse = feature mimicking only, mir = pre-pooling "
-                        "features with BN in train mode (CVPR'23 code); default none")
+                             "features with BN in train mode (CVPR'23 code); default none")
     parser.add_argument("--seed", type=int, default=0,
                         help="draws the tiny set and seeds training (default 0)")
     parser.add_argument("--eval", metavar="SPEC", help="evaluation images (default: the pool's "
@@ -228,8 +228,8 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
         timing = Timing.of(times)
         report[key].update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms,
                            latency_ratio=latency_ratio(times, samples[0]))
-    report["warnings"] = setbacks(report)
-    for warning in report["warnings"]:
+    report["setbacks"] = setbacks(report)
+    for warning in report["setbacks"]:
         warnings.warn(warning, FxpruneWarning, stacklevel=2)
     result.save(folder / MODEL_FILE)
     report["seconds_total"] = time.perf_counter() - start

@@ -62,8 +62,12 @@ def penultimate(gm: fx.GraphModule) -> str:
 
 
 def pre_pooling(gm: fx.GraphModule) -> str:
-    """Name of the last stage's output node."""
-    return find_structure(gm).last_exit
+    """Name of the last stage's output node, which the mir finetune mimics."""
+    try:
+        return find_structure(gm).last_exit
+    except PreconditionError as error:
+        raise PreconditionError(f"{error}, so the mir finetune has no stage output to mimic; "
+                                "use --finetune ce-mse or mse") from None
 
 
 def _logits_name(gm: fx.GraphModule) -> str:
