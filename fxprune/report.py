@@ -11,7 +11,7 @@ from fxprune.plots import Point, tradeoff_plot
 from fxprune.summary import format_count
 
 PLOT_FILE = "tradeoff.png"
-MODELS = ("original", "pruned", "recovered", "compressed")
+MODELS = ("original", "pruned", "recovered", "compressed", "quantized")
 
 
 def _percent(value: float | None) -> str:
@@ -19,7 +19,10 @@ def _percent(value: float | None) -> str:
 
 
 def model_label(report: dict[str, Any], key: str) -> str:
-    """What a row is: the shipped model is 'recovered' or 'finetuned (<objective>)'."""
+    """What a row is: the shipped model is 'recovered' or 'finetuned (<objective>)', its
+    quantized file 'int8'."""
+    if key == "quantized":
+        return "int8"
     if key != "compressed":
         return key
     if report["finetune"] != "none":
@@ -52,6 +55,8 @@ def setbacks(report: dict[str, Any]) -> list[str]:
         steps = [(*finetune, "pruned", "compressed")]
     else:
         steps = []
+    if "quantized" in report:
+        steps.append(("int8 quantization", "leave out --quantize", "compressed", "quantized"))
     warnings = []
     for step, without, before, after in steps:
         (old, measure), (new, _) = accuracy_of(report, before), accuracy_of(report, after)

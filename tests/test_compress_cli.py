@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.skipif(
 
 
 RUN = ["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}", "--shots", "5",
-       "--drop", "rule", "--seed", "0"]
+       "--drop", "rule", "--seed", "0", "--quantize", "int8"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def run_dir(tmp_path_factory):
 
 def test_outputs_and_report(run_dir):
     assert sorted(path.name for path in run_dir.iterdir()) == [
-        "model.onnx", "model.pt2", "report.json", "report.md", "tradeoff.png"]
+        "model.int8.onnx", "model.onnx", "model.pt2", "report.json", "report.md",
+        "tradeoff.png"]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["drop"] == ["1.2", "2.2", "3.2"]
     assert report["tiny_set"]["images"] == 50
@@ -48,8 +49,13 @@ def test_outputs_and_report(run_dir):
     assert report["seconds"] > 0
     markdown = (run_dir / "report.md").read_text()
     assert "| recovered |" in markdown and "![accuracy vs latency](tradeoff.png)" in markdown
-    for key in ("original", "pruned", "compressed"):
+    for key in ("original", "pruned", "compressed", "quantized"):
         assert report[key]["latency_ms"] > 0 and report[key]["latency_iqr_ms"] >= 0
+    # int8, calibrated on the 50 tiny-set images: about as accurate, much faster
+    assert report["quantized"]["calibration_images"] == 50
+    assert report["quantized"]["top1"] >= report["compressed"]["top1"] - 1.0
+    assert report["quantized"]["latency_ratio"] < 0.8 * report["compressed"]["latency_ratio"]
+    assert "| int8 |" in markdown
     assert report["latency"] == {"runtime": "onnxruntime", "batch": 1, "threads": 1}
     assert (run_dir / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -82,10 +88,11 @@ def test_same_seed_gives_identical_numbers_and_onnx_weights(run_dir, tmp_path):
     first = json.loads((run_dir / "report.json").read_text())
     second = json.loads((again / "report.json").read_text())
     assert _without_timings(first) == _without_timings(second)
-    weights = [{tensor.name: tensor.raw_data for tensor in
-                onnx.load(folder / "model.onnx").graph.initializer}
-               for folder in (run_dir, again)]
-    assert weights[0] == weights[1] and len(weights[0]) > 10  # bit-identical
+    for name in ("model.onnx", "model.int8.onnx"):
+        weights = [{tensor.name: tensor.raw_data for tensor in
+                    onnx.load(folder / name).graph.initializer}
+                   for folder in (run_dir, again)]
+        assert weights[0] == weights[1] and len(weights[0]) > 10  # bit-identical
 
 
 def test_report_merges_runs(run_dir, tmp_path, capsys):

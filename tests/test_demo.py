@@ -39,4 +39,7 @@ def test_demo_compresses_resnet56(tmp_path, capsys):
     assert report["latency"]["batch"] == 64
     assert "ONNX Runtime latency (batch 64, 1 thread)" in printed and "92.72%" in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "model.onnx", "model.pt2", "report.json", "report.md", "tradeoff.png"]
+        "model.int8.onnx", "model.onnx", "model.pt2", "report.json", "report.md",
+        "tradeoff.png"]
+    assert "int8, calibrated on the same images" in printed
+    assert report["quantized"]["top1"] >= report["compressed"]["top1"] - 1.5

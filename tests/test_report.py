@@ -49,3 +49,12 @@ def test_without_labels_agreement_is_judged():
 def test_no_training_step_no_warning():
     assert setbacks(report_with("none", "none", pruned=(70.0, 75.0),
                                 compressed=(60.0, 65.0))) == []
+
+
+def test_quantization_is_judged_against_the_fp32_model():
+    report = report_with("practise", "none", pruned=(76.0, 80.0), compressed=(80.0, 85.0),
+                         quantized=(79.0, 84.0))
+    assert setbacks(report) == [
+        "int8 quantization lowered top-1 on the 500 evaluation images from 80.00 to 79.00 %: "
+        "the tiny set may be too small or unlike them; try a larger one (--images/--shots), "
+        "or leave out --quantize"]

@@ -24,6 +24,7 @@ from fxprune.evaluate import percent_equal, predictions
 from fxprune.export import export_onnx, onnx_max_abs_diff
 from fxprune.latency import Timing, bench_input, interleaved_seconds, onnx_runner, latency_ratio
 from fxprune.models import load_model
+from fxprune.quantize import QUANTIZED_FILE, onnx_predictions, quantize_onnx
 from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
 from fxprune.report import setbacks, write_report
 from fxprune.saving import MODEL_FILE
@@ -81,6 +82,11 @@ def register(commands) -> None:
                         help="then train every weight: ce-mse = labels + feature mimicking "
                         "(paper's Eq. 4), mse = feature mimicking only, mir = pre-pooling "
                              "features with BN in train mode (CVPR'23 code); default none")
+    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
+                        help="int8: also write model.int8.onnx, int8 weights and activations "
+                             "(ONNX Runtime static quantization) with activation ranges "
+                             "calibrated on the tiny set; the report adds its top-1 and "
+                             "latency (default none)")
     parser.add_argument("--seed", type=int, default=0,
                         help="draws the tiny set and seeds training (default 0)")
     parser.add_argument("--eval", metavar="SPEC", help="evaluation images (default: the pool's "
@@ -214,20 +220,27 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     stages = result.stages()
     for key, model in stages.items():
         predicted = reference if model is result.teacher else predictions(model, eval_images)
-        report[key]["top1"] = (percent_equal(predicted, evaluation.labels)
-                               if evaluation.labels is not None else None)
-        report[key]["agreement"] = percent_equal(predicted, reference)
-    export_onnx(result.model, size, folder / "model.onnx")
-    report["onnx_max_abs_diff"] = onnx_max_abs_diff(result.model, folder / "model.onnx",
+        _score(report[key], predicted, reference, evaluation.labels)
+    shipped = {"compressed": export_onnx(result.model, size, folder / "model.onnx")}
+    report["onnx_max_abs_diff"] = onnx_max_abs_diff(result.model, shipped["compressed"],
                                                     eval_images[:64])
-    samples = _latencies(stages, size, folder / "model.onnx", args.bench_batch,
-                         args.bench_threads)
+    if args.quantize == "int8":
+        tick = time.perf_counter()
+        shipped["quantized"] = quantize_onnx(shipped["compressed"], images,
+                                             folder / QUANTIZED_FILE)
+        report["phases"]["quantize"] = time.perf_counter() - tick
+        report["quantized"] = {"format": "int8 QDQ, per-channel weights",
+                               "calibration_images": len(images),
+                               **{key: report["compressed"][key] for key in ("macs", "params")}}
+        _score(report["quantized"], onnx_predictions(shipped["quantized"], eval_images),
+               reference, evaluation.labels)
+    samples = _latencies(stages, size, shipped, args.bench_batch, args.bench_threads)
     report["latency"] = {"runtime": "onnxruntime", "batch": args.bench_batch,
                          "threads": args.bench_threads}
-    for key, times in zip(stages, samples):
+    for key, times in samples.items():
         timing = Timing.of(times)
         report[key].update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms,
-                           latency_ratio=latency_ratio(times, samples[0]))
+                           latency_ratio=latency_ratio(times, samples["original"]))
     report["setbacks"] = setbacks(report)
     for warning in report["setbacks"]:
         warnings.warn(warning, FxpruneWarning, stacklevel=2)
@@ -238,17 +251,27 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     return report
 
 
-def _latencies(stages: dict, size, shipped: Path, batch: int, threads: int
-               ) -> list[list[float]]:
-    """Seconds of every run of every stage's model (ONNX Runtime), timed interleaved on one
+def _score(row: dict, predicted: torch.Tensor, reference: torch.Tensor,
+           labels: torch.Tensor | None) -> None:
+    """A model's top-1 (None without labels) and agreement with the original's predictions."""
+    row["top1"] = percent_equal(predicted, labels) if labels is not None else None
+    row["agreement"] = percent_equal(predicted, reference)
+
+
+def _latencies(stages: dict, size, shipped: dict[str, Path], batch: int, threads: int
+               ) -> dict[str, list[float]]:
+    """Seconds of every run of every model (ONNX Runtime): the stages' (exported here unless
+    ``shipped`` has their file) and the other ``shipped`` files, timed interleaved on one
     input, round by round."""
     with tempfile.TemporaryDirectory(prefix="fxprune-latency-") as scratch:
-        paths = [shipped if key == "compressed" else
+        paths = {key: shipped.get(key) or
                  export_onnx(model, size, Path(scratch) / f"{key}.onnx")
-                 for key, model in stages.items()]
+                 for key, model in stages.items()}
+        paths.update(shipped)
         inputs = bench_input(size, batch)
-        runners = [onnx_runner(path, inputs, threads) for path in paths]
-        return interleaved_seconds(runners, warmup=2, repeats=30, budget_s=LATENCY_BUDGET_S)
+        runners = [onnx_runner(path, inputs, threads) for path in paths.values()]
+        times = interleaved_seconds(runners, warmup=2, repeats=30, budget_s=LATENCY_BUDGET_S)
+        return dict(zip(paths, times))
 
 
 def _print_summary(report: dict, out: Path) -> None:
@@ -258,7 +281,9 @@ def _print_summary(report: dict, out: Path) -> None:
 
     ratio = report["compressed"]["macs"] / report["original"]["macs"]
     speed = report["compressed"]["latency_ratio"]
+    quantized = (f"int8 {accuracy('quantized')}, latency x"
+                 f"{report['quantized']['latency_ratio']:.3f}; ") if "quantized" in report else ""
     print(f"top-1 original {accuracy('original')}, pruned {accuracy('pruned')}, "
           f"compressed {accuracy('compressed')} (agreement "
           f"{report['compressed']['agreement']:.1f}%); MACs x{ratio:.3f}; ONNX Runtime "
-          f"latency x{speed:.3f}; {report['seconds']:.0f} s; outputs in {out}")
+          f"latency x{speed:.3f}; {quantized}{report['seconds']:.0f} s; outputs in {out}")

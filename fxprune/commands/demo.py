@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         prune_filters=None, prune_streams=None, sparsity=None, decouple=None,
         shots=None, drop="rule", budget=None, select=None, recover="practise",
         schedule=RecoveryConfig().schedule, placement=None, finetune="none", seed=args.seed,
-        eval=None, steps=None, init=None, device=args.device, bench_batch=64, bench_threads=1)
+        eval=None, steps=None, init=None, device=args.device, bench_batch=64, bench_threads=1,
+        quantize="int8")
     print(f"fxprune demo: {MODEL}, dropping the paper's blocks, recovering from {args.images} "
           f"unlabelled images of {data} (a minute or two on a laptop CPU)")
     with atomic_output(args.out, args.force) as staging:
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(report: dict, out: Path) -> str:
     original, pruned, shipped = report["original"], report["pruned"], report["compressed"]
+    int8 = report["quantized"]
     latency = report["latency"]
 
     def accuracy(row: dict) -> str:  # an unlabelled --data pool has no top-1
@@ -92,6 +94,9 @@ def summary(report: dict, out: Path) -> str:
         f"ONNX Runtime latency (batch {latency['batch']}, {latency['threads']} thread): "
         f"{original['latency_ms']:.1f} ms -> {shipped['latency_ms']:.1f} ms "
         f"(x{latency_ratio(shipped, original):.3f})",
+        f"int8, calibrated on the same images: {accuracy(int8)}, {int8['latency_ms']:.1f} ms "
+        f"(x{latency_ratio(int8, original):.3f})",
         f"took {report['seconds_total']:.0f} s (recovery {report['phases'].get('recover', 0):.0f}"
-        f" s); outputs in {out}: model.onnx, model.pt2, report.md, tradeoff.png, report.json",
+        f" s); outputs in {out}: model.onnx, model.int8.onnx, model.pt2, report.md, "
+        "tradeoff.png, report.json",
     ])

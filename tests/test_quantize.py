@@ -1,0 +1,61 @@
+"""Static int8 quantization of an exported network, calibrated on a batch of images."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from fxprune.errors import FxpruneError
+from fxprune.export import cpu_session, export_onnx, onnx_op_counts
+from fxprune.models import cifar_resnet
+from fxprune.quantize import onnx_predictions, quantize_onnx
+from fxprune.tracing import example_input, trace
+from tests.helpers import calibrate_and_randomize
+
+SIZE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A CIFAR ResNet-20 with realistic BN statistics, as fp32 ONNX, and its images."""
+    images = example_input(SIZE, batch=48, seed=0)
+    gm = trace(cifar_resnet(20).eval(), SIZE)
+    calibrate_and_randomize(gm, images)
+    path = export_onnx(gm, SIZE, tmp_path_factory.mktemp("quantize") / "model.onnx")
+    return gm, path, images
+
+
+def _logits(path, images):
+    session = cpu_session(path)
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
+
+
+def test_int8_graph_is_close_to_fp32(exported, tmp_path):
+    gm, path, images = exported
+    calibration, held_out = images[:32], images[32:]
+    quantized = quantize_onnx(path, calibration, tmp_path / "model.int8.onnx")
+    ops = onnx_op_counts(quantized)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    weights = [t for t in onnx.load(quantized).graph.initializer if len(t.dims) >= 2]
+    assert len(weights) == ops["Conv"] + ops["Gemm"]
+    assert all(t.data_type == onnx.TensorProto.INT8 for t in weights)  # no fp32 weight left
+    expected, actual = _logits(path, held_out), _logits(quantized, held_out)
+    # 8 bits: logits within a few percent of their range on images the ranges never saw
+    assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
+    assert torch.equal(onnx_predictions(path, held_out), gm(held_out).argmax(1))
+
+
+def test_same_images_same_file(exported, tmp_path):
+    _, path, images = exported
+    first = quantize_onnx(path, images[:16], tmp_path / "a.onnx").read_bytes()
+    assert quantize_onnx(path, images[:16], tmp_path / "b.onnx").read_bytes() == first
+    assert quantize_onnx(path, images[16:32], tmp_path / "c.onnx").read_bytes() != first
+
+
+def test_images_that_do_not_fit_are_refused(exported, tmp_path):
+    _, path, images = exported
+    for bad in (torch.zeros(4, 3, 28, 28), images[:0], images[0]):
+        with pytest.raises(FxpruneError, match=r"calibration images of shape .* do not fit"):
+            quantize_onnx(path, bad, tmp_path / "never.onnx")
+    assert not (tmp_path / "never.onnx").exists()
