@@ -126,6 +126,11 @@ def cpu_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
                           ) from error
 
 
+def as_array(images: torch.Tensor) -> np.ndarray:
+    """A batch as ONNX Runtime takes it: fp32, contiguous, on the CPU, outside autograd."""
+    return images.detach().float().contiguous().cpu().numpy()
+
+
 def onnx_max_abs_diff(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> float:
     """Max |ONNX Runtime (CPU) - PyTorch| of the (single) output for ``inputs`` (fp32, eval
     mode)."""
@@ -137,7 +142,7 @@ def onnx_max_abs_diff(model: nn.Module, onnx_path: str | Path, inputs: torch.Ten
             expected = model(inputs).float().numpy()
     finally:
         model.train(was_training)
-    feed = {session.get_inputs()[0].name: inputs.float().numpy()}
+    feed = {session.get_inputs()[0].name: as_array(inputs)}
     (actual,) = session.run(None, feed)
     return float(np.abs(actual - expected).max())
 
@@ -155,10 +160,17 @@ def onnx_input_size(path: str | Path) -> tuple[int, ...] | None:
 
 
 def onnx_params(path: str | Path) -> int:
-    """Elements of the floating-point initializers: the weights the shipped graph stores (with
-    BN folded, a conv's BN parameters have become its bias)."""
-    return sum(math.prod(tensor.dims) for tensor in _load(path).graph.initializer
-               if tensor.data_type in _FLOAT_TYPES)
+    """Elements of the weights the shipped graph stores (with BN folded, a conv's BN parameters
+    have become its bias): its floating-point initializers, and in a quantized (QDQ) graph
+    the integer tensors that DequantizeLinear expands — not the scales and zero points."""
+    graph = _load(path).graph
+    quantizers = [node for node in graph.node
+                  if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    dequantized = {node.input[0] for node in quantizers if node.op_type == "DequantizeLinear"}
+    bookkeeping = {name for node in quantizers for name in node.input[1:]}
+    return sum(math.prod(tensor.dims) for tensor in graph.initializer
+               if tensor.name not in bookkeeping
+               and (tensor.data_type in _FLOAT_TYPES or tensor.name in dequantized))
 
 
 def onnx_macs(path: str | Path, input_size: Sequence[int] | None = None) -> int:

@@ -56,7 +56,8 @@ def setbacks(report: dict[str, Any]) -> list[str]:
     else:
         steps = []
     if "quantized" in report:
-        steps.append(("int8 quantization", "leave out --quantize", "compressed", "quantized"))
+        steps.append(("int8 quantization", "ship the fp32 model.onnx", "compressed",
+                      "quantized"))
     warnings = []
     for step, without, before, after in steps:
         (old, measure), (new, _) = accuracy_of(report, before), accuracy_of(report, after)
@@ -192,7 +193,8 @@ def write_report(report: dict[str, Any], folder: Path) -> None:
 
 def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], folder: Path) -> str:
     """One table and one trade-off plot over several compress runs (``name``, report); each
-    run contributes its shipped and its pruned model, each model spec its original once.
+    run contributes its shipped model (and its int8 file, if any) and its pruned model, each
+    model spec its original once.
     Writes ``folder``/tradeoff.png and returns the markdown (also written as report.md)."""
     lines = ["# fxprune runs compared", "",
              "| run | model | scheme | recover | finetune | images | top-1 % | agreement % | "
@@ -202,21 +204,25 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], folder: Path) -
     seen_originals: set[str] = set()
     accuracy_labels = set()
     for name, report in reports:
-        original, shipped = report["original"], report["compressed"]
-        ratio = f"{latency_ratio(shipped, original):.3f}" if "latency_ms" in shipped else "n/a"
-        latency = f"{shipped['latency_ms']:.2f}" if "latency_ms" in shipped else "n/a"
-        lines.append(f"| {name} | {report.get('model', '?')} | {_scheme(report)} | "
-                     f"{report['recover']} | {report['finetune']} | {report['images']} | "
-                     f"{_percent(shipped.get('top1'))} | {_percent(shipped.get('agreement'))} | "
-                     f"{latency} | {ratio} | {shipped['macs'] / original['macs']:.3f} | "
-                     f"{report['seconds']:.0f} |")
-        if "latency_ms" not in shipped:
+        original = report["original"]
+        shipped = [key for key in ("compressed", "quantized") if key in report]
+        for key in shipped:
+            row = report[key]
+            ratio = f"{latency_ratio(row, original):.3f}" if "latency_ms" in row else "n/a"
+            latency = f"{row['latency_ms']:.2f}" if "latency_ms" in row else "n/a"
+            scheme = _scheme(report) + ("; int8" if key == "quantized" else "")
+            lines.append(f"| {name} | {report.get('model', '?')} | {scheme} | "
+                         f"{report['recover']} | {report['finetune']} | {report['images']} | "
+                         f"{_percent(row.get('top1'))} | {_percent(row.get('agreement'))} | "
+                         f"{latency} | {ratio} | {row['macs'] / original['macs']:.3f} | "
+                         f"{report['seconds']:.0f} |")
+        if "latency_ms" not in report["compressed"]:
             continue
         model = report.get("model", "model")
         accuracy_labels.add(accuracy_of(report, "compressed")[1])
+        series = {"compressed": "compressed", "quantized": "int8", "pruned": "pruned, no recovery"}
         plot_points += [Point(name, report[key]["latency_ms"], accuracy_of(report, key)[0],
-                              series) for key, series in (("compressed", "compressed"),
-                                                          ("pruned", "pruned, no recovery"))]
+                              series[key]) for key in (*shipped, "pruned")]
         if model not in seen_originals:
             seen_originals.add(model)
             plot_points.append(Point(model, original["latency_ms"],

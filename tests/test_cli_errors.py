@@ -13,6 +13,7 @@ from PIL import Image
 
 from fxprune import commands
 from fxprune.cli import main
+from fxprune.errors import FxpruneError
 from fxprune.models import cifar_resnet
 
 UNTRACEABLE = """
@@ -152,10 +153,30 @@ def test_setbacks_are_printed_and_reported(tmp_path, capsys, monkeypatch):
     setback = "recovery lowered agreement with the original on the 6 evaluation images"
     monkeypatch.setattr(commands.compress, "setbacks", lambda report: [setback])
     folder = _write_images(tmp_path / "images", 14)
-    assert main(_compress(tmp_path, "--images=8", data=f"folder:{folder}")) == 0
-    assert f"fxprune: warning: {setback}" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["setbacks"] == [setback]
-    assert f"\n\n**Warning:** {setback}\n" in (tmp_path / "out" / "report.md").read_text()
+    assert main(_compress(tmp_path, "--images=8", "--quantize=int8",
+                          data=f"folder:{folder}")) == 0
+    captured = capsys.readouterr()
+    assert f"fxprune: warning: {setback}" in captured.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["setbacks"] == [setback]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert f"\n\n**Warning:** {setback}\n" in markdown
+    # unlabelled images: the int8 file is judged by its agreement with the original
+    assert report["quantized"]["top1"] is None and report["quantized"]["agreement"] > 0
+    assert "| int8 |" in markdown and "int8 n/a (agreement" in captured.out
+    assert (tmp_path / "out" / "model.int8.onnx").exists()
+
+
+def test_a_failed_quantization_keeps_the_fp32_outputs(tmp_path, capsys, monkeypatch):
+    def refuse(source, images, path):
+        raise FxpruneError("ONNX Runtime could not quantize it")
+    monkeypatch.setattr(commands.compress, "quantize_onnx", refuse)
+    folder = _write_images(tmp_path / "images", 14)
+    assert main(_compress(tmp_path, "--images=8", "--quantize=int8",
+                          data=f"folder:{folder}")) == 0
+    assert "fxprune: warning: no int8 file: ONNX Runtime could not" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "model.onnx", "model.pt2", "report.json", "report.md", "tradeoff.png"]
 
 
 def test_output_that_cannot_be_written(tmp_path, capsys):

@@ -9,7 +9,9 @@ import torch
 from fxprune.errors import FxpruneError
 from fxprune.export import cpu_session, export_onnx, onnx_op_counts
 from fxprune.models import cifar_resnet
-from fxprune.quantize import onnx_predictions, quantize_onnx
+from fxprune.evaluate import onnx_predictions
+from fxprune.export import onnx_params
+from fxprune.quantize import quantize_onnx
 from fxprune.tracing import example_input, trace
 from tests.helpers import calibrate_and_randomize
 
@@ -43,7 +45,11 @@ def test_int8_graph_is_close_to_fp32(exported, tmp_path):
     expected, actual = _logits(path, held_out), _logits(quantized, held_out)
     # 8 bits: logits within a few percent of their range on images the ranges never saw
     assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
-    assert torch.equal(onnx_predictions(path, held_out), gm(held_out).argmax(1))
+    # batches of 5 cover the concatenation; the int8 file predicts from its own logits
+    assert torch.equal(onnx_predictions(quantized, held_out, batch_size=5), actual.argmax(1))
+    assert torch.equal(onnx_predictions(path, held_out, batch_size=5), gm(held_out).argmax(1))
+    # the weights stored: the same count in int8 as in fp32, scales and zero points aside
+    assert onnx_params(quantized) == onnx_params(path) > 250_000
 
 
 def test_same_images_same_file(exported, tmp_path):
@@ -53,9 +59,14 @@ def test_same_images_same_file(exported, tmp_path):
     assert quantize_onnx(path, images[16:32], tmp_path / "c.onnx").read_bytes() != first
 
 
-def test_images_that_do_not_fit_are_refused(exported, tmp_path):
+def test_what_cannot_be_quantized_is_refused(exported, tmp_path):
     _, path, images = exported
     for bad in (torch.zeros(4, 3, 28, 28), images[:0], images[0]):
         with pytest.raises(FxpruneError, match=r"calibration images of shape .* do not fit"):
             quantize_onnx(path, bad, tmp_path / "never.onnx")
-    assert not (tmp_path / "never.onnx").exists()
+    with pytest.raises(FxpruneError, match="NaN or infinite"):
+        quantize_onnx(path, torch.full_like(images[:4], float("nan")), tmp_path / "never.onnx")
+    quantized = quantize_onnx(path, images[:8], tmp_path / "deeper" / "int8.onnx")
+    with pytest.raises(FxpruneError, match="quantized already.*QuantizeLinear"):
+        quantize_onnx(quantized, images[:8], tmp_path / "never.onnx")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deeper", "int8.onnx"]

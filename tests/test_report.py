@@ -57,4 +57,4 @@ def test_quantization_is_judged_against_the_fp32_model():
     assert setbacks(report) == [
         "int8 quantization lowered top-1 on the 500 evaluation images from 80.00 to 79.00 %: "
         "the tiny set may be too small or unlike them; try a larger one (--images/--shots), "
-        "or leave out --quantize"]
+        "or ship the fp32 model.onnx"]

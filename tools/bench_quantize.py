@@ -19,6 +19,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,7 +32,8 @@ from fxprune.evaluate import percent_equal  # noqa: E402
 from fxprune.export import export_onnx  # noqa: E402
 from fxprune.latency import (bench_input, interleaved_seconds, latency_ratio,  # noqa: E402
                              onnx_runner)
-from fxprune.quantize import onnx_predictions, quantize_onnx  # noqa: E402
+from fxprune.evaluate import onnx_predictions  # noqa: E402
+from fxprune.quantize import quantize_onnx  # noqa: E402
 from fxprune.passes import FoldAdapters  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
 from tools.bench_cifar import SCHEMES, Bench as CifarBench  # noqa: E402
@@ -69,7 +71,8 @@ def cifar_rows(seeds: list[int], scratch: Path) -> dict:
             rows["resnet56 original"] = measure(bench.teacher, bench.teacher, bench.size, images,
                                                 lossless, labels, (1, 64), scratch)
         student = bench.student(SCHEMES["3"], True)
-        recover(bench.teacher, student, images, RecoveryConfig(), progress=False)
+        fit = replace(RecoveryConfig().fit, seed=seed)  # as `fxprune compress --seed` does
+        recover(bench.teacher, student, images, RecoveryConfig(fit=fit), progress=False)
         rows[f"resnet56 3 blocks seed {seed}"] = measure(
             bench.teacher, FoldAdapters()(student).graph_module, bench.size, images, lossless,
             labels, (1, 64), scratch)
