@@ -22,6 +22,7 @@ SIZE = (3, 32, 32)
 def exported(tmp_path_factory):
     """A CIFAR ResNet-20 with realistic BN statistics, as fp32 ONNX, and its images."""
     images = example_input(SIZE, batch=48, seed=0)
+    torch.manual_seed(0)  # the weights: the same network whatever ran before
     gm = trace(cifar_resnet(20).eval(), SIZE)
     calibrate_and_randomize(gm, images)
     path = export_onnx(gm, SIZE, tmp_path_factory.mktemp("quantize") / "model.onnx")
@@ -43,8 +44,10 @@ def test_int8_graph_is_close_to_fp32(exported, tmp_path):
     assert len(weights) == ops["Conv"] + ops["Gemm"]
     assert all(t.data_type == onnx.TensorProto.INT8 for t in weights)  # no fp32 weight left
     expected, actual = _logits(path, held_out), _logits(quantized, held_out)
-    # 8 bits: logits within a few percent of their range on images the ranges never saw
-    assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
+    # 8 bits: an RMS logit error of about 2 % on images the ranges never saw (seeds 0-7 of
+    # this network: 1.8-2.5 %; fp32 weights stored by mistake would give ~0)
+    relative_rms = (actual - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt()
+    assert 0.002 < relative_rms < 0.05
     # batches of 5 cover the concatenation; the int8 file predicts from its own logits
     assert torch.equal(onnx_predictions(quantized, held_out, batch_size=5), actual.argmax(1))
     assert torch.equal(onnx_predictions(path, held_out, batch_size=5), gm(held_out).argmax(1))
