@@ -278,11 +278,11 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     ``prune_filters`` prunes a fraction of every prunable feature map's filters (L1 norm), or
     per producer conv name keeps an int count or prunes a float fraction; ``prune_streams``
     does the same for the residual streams between blocks (``PruneCoupledMaps``, keyed by a
-    stream's first producer); ``sparsity`` masks that fraction of the weights of every conv (magnitude),
-    except convs next to an adapter, which stay dense (folding an adapter into a masked conv
-    would fill its zeros); ``decouple`` (``"dwpw"`` or ``"lowrank:E"``) factorizes every conv
-    with no adapter next to it into a pair with an adapter between (``FactorizeConvs``). At
-    least one of them must compress something.
+    stream's first producer); ``sparsity`` masks that fraction of the weights of every conv
+    (magnitude), except convs next to an adapter, which stay dense (folding an adapter into a
+    masked conv would fill its zeros); ``decouple`` (``"dwpw"`` or ``"lowrank:E"``)
+    factorizes every conv with no adapter next to it into a pair with an adapter between
+    (``FactorizeConvs``). At least one of them must compress something.
     ``recover="none"`` skips the adapters (``finetune="ce-mse"`` then is the paper's Eq. 4
     baseline; a masked conv's zeros stay zero through it). ``seed`` seeds every shuffle and
     augmentation. Training runs on ``device`` (e.g. ``"cuda"``); the returned models are on
@@ -320,12 +320,12 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     student = PassManager([PruneCoupledMaps(streams), InsertAdapters(sites)])(
         student).graph_module
     stage_outputs = {stand_in(student, stage.blocks[-1].exit) for stage in structure.stages} \
-        if recover == "practise" and config.schedule != "layerwise" else set()
+        if staged else set()
     keep = resolve_pruning(student, prune_filters, stage_outputs)
     student = PruneFilters(keep)(student).graph_module
     # stage-wise and joint recovery mimic stage outputs: nothing after the last one can train
-    trainable = _up_to_last_stage(student, structure) if recover == "practise" and \
-        config.schedule != "layerwise" else {node.name for node in student.graph.nodes}
+    trainable = _up_to_last_stage(student, structure) if staged else \
+        {node.name for node in student.graph.nodes}
     factorization, factorized = [], []
     if decouple is not None:
         method, energy = _parse_decouple(decouple)

@@ -12,6 +12,7 @@ from fxprune.summary import format_count
 
 PLOT_FILE = "tradeoff.png"
 MODELS = ("original", "pruned", "recovered", "compressed", "quantized")
+MERGED_SERIES = {"compressed": "compressed", "quantized": "int8", "pruned": "pruned, no recovery"}
 
 
 def _percent(value: float | None) -> str:
@@ -41,10 +42,10 @@ SETBACK_POINTS = 0.5  # smaller drops are a few images of a typical evaluation s
 
 
 def setbacks(report: dict[str, Any]) -> list[str]:
-    """A warning for each training step (recovery, finetune) that left the model at least
-    ``SETBACK_POINTS`` less accurate on the evaluation images than it found it
-    (``accuracy_of``): a tiny set too small or unlike those images can make a step fit it at
-    their expense."""
+    """A warning for each step fitted to the tiny set (recovery, finetune, int8 calibration)
+    that left the model at least ``SETBACK_POINTS`` less accurate on the evaluation images
+    than it found it (``accuracy_of``): a tiny set too small or unlike those images can make
+    a step fit it at their expense."""
     recovery = ("recovery", "--recover none")
     finetune = (f"the {report['finetune']} finetune", "--finetune none")
     if "recovered" in report:
@@ -220,9 +221,8 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], folder: Path) -
             continue
         model = report.get("model", "model")
         accuracy_labels.add(accuracy_of(report, "compressed")[1])
-        series = {"compressed": "compressed", "quantized": "int8", "pruned": "pruned, no recovery"}
         plot_points += [Point(name, report[key]["latency_ms"], accuracy_of(report, key)[0],
-                              series[key]) for key in (*shipped, "pruned")]
+                              MERGED_SERIES[key]) for key in (*shipped, "pruned")]
         if model not in seen_originals:
             seen_originals.add(model)
             plot_points.append(Point(model, original["latency_ms"],

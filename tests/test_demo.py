@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fxprune.cli import main
+from fxprune.commands.demo import summary
 from fxprune.data import data_dir
 
 DATA = data_dir()
@@ -43,3 +44,5 @@ def test_demo_compresses_resnet56(tmp_path, capsys):
         "tradeoff.png"]
     assert "int8, calibrated on the same images" in printed
     assert report["quantized"]["top1"] >= report["compressed"]["top1"] - 1.5
+    del report["quantized"]  # as when ONNX Runtime could not quantize: fp32 lines only
+    assert "int8" not in summary(report, out) and "model.pt2" in summary(report, out)

@@ -195,7 +195,8 @@ def test_maps_stage_wise_recovery_cannot_train_are_refused():
     mobilenet = torchvision.models.mobilenet_v2().eval()  # expand -> grouped depthwise only
     with pytest.raises(fxprune.FxpruneError, match="has no prunable feature map"):
         fxprune.compress(mobilenet, images, SIZE, drop=None, prune_filters=0.5, progress=False)
-    with pytest.raises(fxprune.FxpruneError, match=r"ratio of every prunable feature map must be in \[0, 1\), not 1.0"):
+    with pytest.raises(fxprune.FxpruneError,
+                       match=r"ratio of every prunable feature map must be in \[0, 1\), not 1.0"):
         fxprune.compress(model, images, SIZE, drop=None, prune_filters=1.0, progress=False,
                          recovery=RecoveryConfig(schedule="layerwise"))
 

@@ -70,17 +70,17 @@ def register(commands) -> None:
                              "the adapters learn inside the mask so its zeros ship")
     parser.add_argument("--recover", choices=RECOVERIES, default="practise",
                         help="practise: train 1x1 adapters to mimic the original's features, "
-                        "label-free, then fold them (default); none: no adapters (with "
+                             "label-free, then fold them (default); none: no adapters (with "
                              "--finetune: the paper's baseline)")
     parser.add_argument("--schedule", choices=SCHEDULES, default=RecoveryConfig().schedule,
                         help="how adapters are trained: stagewise, per stage (default); joint, "
-                        "all at once; layerwise, one layer at a time as in the paper")
+                             "all at once; layerwise, one layer at a time as in the paper")
     parser.add_argument("--placement", choices=("paper", "cvpr"),
                         help="where adapters go around a dropped block (default: paper for the "
                              "layerwise schedule, cvpr otherwise)")
     parser.add_argument("--finetune", choices=FINETUNES, default="none",
                         help="then train every weight: ce-mse = labels + feature mimicking "
-                        "(paper's Eq. 4), mse = feature mimicking only, mir = pre-pooling "
+                             "(paper's Eq. 4), mse = feature mimicking only, mir = pre-pooling "
                              "features with BN in train mode (CVPR'23 code); default none")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
                         help="int8: also write model.int8.onnx, int8 weights and activations "

@@ -76,14 +76,14 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(report: dict, out: Path) -> str:
     original, pruned, shipped = report["original"], report["pruned"], report["compressed"]
-    int8 = report["quantized"]
+    int8 = report.get("quantized")  # absent when ONNX Runtime could not quantize (a warning)
     latency = report["latency"]
 
     def accuracy(row: dict) -> str:  # an unlabelled --data pool has no top-1
         return f"{row['top1']:.2f}%" if row["top1"] is not None else \
             f"{row['agreement']:.2f}% agreement"
 
-    return "\n".join([
+    lines = [
         f"dropped blocks {', '.join(report['drop'])}; {report['adapters']} adapters trained "
         "and folded away",
         f"top-1 on {report['evaluation']['images']} test images: original "
@@ -93,10 +93,13 @@ def summary(report: dict, out: Path) -> str:
         f"(x{shipped['macs'] / original['macs']:.3f})",
         f"ONNX Runtime latency (batch {latency['batch']}, {latency['threads']} thread): "
         f"{original['latency_ms']:.1f} ms -> {shipped['latency_ms']:.1f} ms "
-        f"(x{latency_ratio(shipped, original):.3f})",
-        f"int8, calibrated on the same images: {accuracy(int8)}, {int8['latency_ms']:.1f} ms "
-        f"(x{latency_ratio(int8, original):.3f})",
-        f"took {report['seconds_total']:.0f} s (recovery {report['phases'].get('recover', 0):.0f}"
-        f" s); outputs in {out}: model.onnx, model.int8.onnx, model.pt2, report.md, "
-        "tradeoff.png, report.json",
-    ])
+        f"(x{latency_ratio(shipped, original):.3f})"]
+    if int8 is not None:
+        lines.append(f"int8, calibrated on the same images: {accuracy(int8)}, "
+                     f"{int8['latency_ms']:.1f} ms (x{latency_ratio(int8, original):.3f})")
+    files = ["model.onnx", *(["model.int8.onnx"] if int8 is not None else []), "model.pt2",
+             "report.md", "tradeoff.png", "report.json"]
+    lines.append(f"took {report['seconds_total']:.0f} s (recovery "
+                 f"{report['phases'].get('recover', 0):.0f} s); outputs in {out}: "
+                 + ", ".join(files))
+    return "\n".join(lines)
