@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from fxprune.export import as_array, cpu_session
+from fxprune.export import onnx_outputs
 from fxprune.recovery.segments import run_batched
 
 
@@ -22,12 +21,7 @@ def onnx_predictions(path: str | Path, images: torch.Tensor, batch_size: int = 2
                      ) -> torch.Tensor:
     """Predicted class of every image by ONNX Runtime (CPU, torch's thread count) running the
     ONNX file ``path``."""
-    session = cpu_session(path, threads=torch.get_num_threads())
-    name = session.get_inputs()[0].name
-    array = as_array(images)
-    logits = [session.run(None, {name: array[start:start + batch_size]})[0]
-              for start in range(0, len(array), batch_size)]
-    return torch.from_numpy(np.concatenate(logits).argmax(1))
+    return onnx_outputs(path, images, batch_size).argmax(1)
 
 
 def percent_equal(a: torch.Tensor, b: torch.Tensor) -> float:

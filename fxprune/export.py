@@ -131,6 +131,15 @@ def as_array(images: torch.Tensor) -> np.ndarray:
     return images.detach().float().contiguous().cpu().numpy()
 
 
+def onnx_outputs(path: str | Path, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The (first) output of the ONNX file ``path`` for every image, run by ONNX Runtime (CPU,
+    torch's thread count) ``batch_size`` images at a time."""
+    session = cpu_session(path, threads=torch.get_num_threads())
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(np.concatenate([session.run(None, {name: as_array(batch)})[0]
+                                            for batch in images.split(batch_size)]))
+
+
 def onnx_max_abs_diff(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> float:
     """Max |ONNX Runtime (CPU) - PyTorch| of the (single) output for ``inputs`` (fp32, eval
     mode)."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxprune.export import cpu_session
+from fxprune.export import as_array, cpu_session
 from fxprune.tracing import example_input
 
 Runner = Callable[[], object]  # one forward pass
@@ -73,7 +73,7 @@ def onnx_runner(path: str | Path, inputs: torch.Tensor, threads: int = 1) -> Run
     """Runs the ONNX file on ``inputs`` in a CPU session with ``threads`` intra-op threads
     (one inter-op thread, sequential execution, all graph optimisations)."""
     session = cpu_session(path, threads)
-    feed = {session.get_inputs()[0].name: inputs.float().numpy()}
+    feed = {session.get_inputs()[0].name: as_array(inputs)}
     return lambda: session.run(None, feed)
 
 

@@ -33,9 +33,7 @@ class _Batches(CalibrationDataReader):
     """The calibration images, a batch at a time, as ONNX Runtime's quantizer reads them."""
 
     def __init__(self, input_name: str, images: torch.Tensor, batch_size: int):
-        array = as_array(images)
-        self._feeds = iter([{input_name: array[start:start + batch_size]}
-                            for start in range(0, len(array), batch_size)])
+        self._feeds = iter([{input_name: as_array(batch)} for batch in images.split(batch_size)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from fxprune.errors import FxpruneError
-from fxprune.export import cpu_session, export_onnx, onnx_op_counts
-from fxprune.models import cifar_resnet
 from fxprune.evaluate import onnx_predictions
-from fxprune.export import onnx_params
+from fxprune.export import export_onnx, onnx_op_counts, onnx_outputs, onnx_params
+from fxprune.models import cifar_resnet
 from fxprune.quantize import quantize_onnx
 from fxprune.tracing import example_input, trace
 from tests.helpers import calibrate_and_randomize
@@ -29,11 +28,6 @@ def exported(tmp_path_factory):
     return gm, path, images
 
 
-def _logits(path, images):
-    session = cpu_session(path)
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
-
-
 def test_int8_graph_is_close_to_fp32(exported, tmp_path):
     gm, path, images = exported
     calibration, held_out = images[:32], images[32:]
@@ -43,7 +37,7 @@ def test_int8_graph_is_close_to_fp32(exported, tmp_path):
     weights = [t for t in onnx.load(quantized).graph.initializer if len(t.dims) >= 2]
     assert len(weights) == ops["Conv"] + ops["Gemm"]
     assert all(t.data_type == onnx.TensorProto.INT8 for t in weights)  # no fp32 weight left
-    expected, actual = _logits(path, held_out), _logits(quantized, held_out)
+    expected, actual = onnx_outputs(path, held_out), onnx_outputs(quantized, held_out)
     # 8 bits: an RMS logit error of about 2 % on images the ranges never saw (seeds 0-7 of
     # this network: 1.8-2.5 %; fp32 weights stored by mistake would give ~0)
     relative_rms = (actual - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt()
