@@ -11,6 +11,19 @@ SMALL_SIZE = (3, 16, 16)  # the input size of ``small_resnet``
 
 
 @pytest.fixture(autouse=True, scope="session")
+def no_downloads(tmp_path_factory):
+    """No test reaches the internet: downloads are forbidden (a ``cifar:`` spec without the
+    data folder builds random weights, as before downloads existed), the base URL is a local
+    folder that holds nothing, and the cache is empty. Set in ``os.environ`` so that the CLI
+    subprocesses of the tests inherit it; tests of downloads lift it with ``monkeypatch``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FXPRUNE_OFFLINE", "1")
+        patch.setenv("FXPRUNE_DOWNLOAD_BASE", tmp_path_factory.mktemp("no-remote").as_uri())
+        patch.setenv("FXPRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """One intra-op thread: the unit tests use tiny tensors, where a second OpenMP thread only
     adds synchronisation, and torch's OpenMP threads stall badly when another process holds a

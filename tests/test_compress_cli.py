@@ -11,22 +11,23 @@ import torch
 
 import fxprune
 from fxprune.cli import main
-from fxprune.data import data_dir
+from tests.helpers import shared_path
 
-DATA = data_dir()
-pytestmark = [pytest.mark.realdata, pytest.mark.skipif(
-    DATA is None or not (DATA / "cifar10" / "cifar10_lossless_prefix.npz").exists(),
-    reason="needs the shared data folder (FXPRUNE_DATA)")]
-
-
-RUN = ["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}", "--shots", "5",
-       "--drop", "rule", "--seed", "0", "--quantize", "int8"]
+pytestmark = pytest.mark.realdata
+RUN = ["compress", "cifar:resnet20", "--shots", "5", "--drop", "rule", "--seed", "0",
+       "--quantize", "int8"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def cifar_data():
+    """The ``--data`` option for the data folder's CIFAR-10 (skips without it)."""
+    return ["--data", f"cifar10:{shared_path('cifar10/cifar10_lossless_prefix.npz').parent}"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, cifar_data):
     out = tmp_path_factory.mktemp("compress") / "resnet20"
-    assert main([*RUN, "--out", str(out)]) == 0
+    assert main([*RUN, *cifar_data, "--out", str(out)]) == 0
     return out
 
 
@@ -82,9 +83,9 @@ def _without_timings(report: dict) -> dict:
     return report
 
 
-def test_same_seed_gives_identical_numbers_and_onnx_weights(run_dir, tmp_path):
+def test_same_seed_gives_identical_numbers_and_onnx_weights(run_dir, tmp_path, cifar_data):
     again = tmp_path / "again"
-    assert main([*RUN, "--out", str(again)]) == 0
+    assert main([*RUN, *cifar_data, "--out", str(again)]) == 0
     first = json.loads((run_dir / "report.json").read_text())
     second = json.loads((again / "report.json").read_text())
     assert _without_timings(first) == _without_timings(second)
@@ -116,27 +117,27 @@ def test_report_merges_runs(run_dir, tmp_path, capsys):
     assert code == 2 and "no report.json" in capsys.readouterr().err
 
 
-def test_existing_output_is_refused(run_dir, capsys):
+def test_existing_output_is_refused(run_dir, capsys, cifar_data):
     before = (run_dir / "report.json").read_text()
-    code = main(["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}",
+    code = main(["compress", "cifar:resnet20", *cifar_data,
                  "--images", "10", "--drop", "1.2", "--out", str(run_dir)])
     assert code == 2 and "exists" in capsys.readouterr().err
     assert (run_dir / "report.json").read_text() == before
 
 
-def test_bad_block_id_leaves_no_output(tmp_path, capsys):
+def test_bad_block_id_leaves_no_output(tmp_path, capsys, cifar_data):
     out = tmp_path / "never"
-    code = main(["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}",
+    code = main(["compress", "cifar:resnet20", *cifar_data,
                  "--images", "10", "--drop", "2.1", "--out", str(out)])
     assert code == 2 and "cannot be dropped" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_filter_pruning_end_to_end(tmp_path):
+def test_filter_pruning_end_to_end(tmp_path, cifar_data):
     """ResNet-20 with half the inner filters of every block pruned, recovered in closed form
     from 20 real images: a really smaller network, better than L1 pruning alone."""
     out = tmp_path / "pruned"
-    assert main(["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}",
+    assert main(["compress", "cifar:resnet20", *cifar_data,
                  "--shots", "2", "--prune-filters", "0.5", "--schedule", "layerwise",
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -150,12 +151,12 @@ def test_filter_pruning_end_to_end(tmp_path):
     assert "pruned 50% of the filters of 9 feature maps" in (out / "report.md").read_text()
 
 
-def test_auto_drop_end_to_end(tmp_path, monkeypatch):
+def test_auto_drop_end_to_end(tmp_path, monkeypatch, cifar_data):
     """``--drop auto --budget``: real timings (cached under FXPRUNE_CACHE), real scoring, and a
     report that explains the choice; the chosen blocks are what was dropped and recovered."""
     monkeypatch.setenv("FXPRUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "auto"
-    assert main(["compress", "cifar:resnet20", "--data", f"cifar10:{DATA / 'cifar10'}",
+    assert main(["compress", "cifar:resnet20", *cifar_data,
                  "--shots", "2", "--drop", "auto", "--budget", "0.9", "--threads", "1",
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())

@@ -1,4 +1,5 @@
-"""``fxprune demo``: the real job on the data folder, and what it says without one."""
+"""``fxprune demo``: the real job on the data folder, the same job on first-use downloads,
+and what it says when it can get neither."""
 
 from __future__ import annotations
 
@@ -6,28 +7,43 @@ import json
 
 import pytest
 
+from fxprune import download
 from fxprune.cli import main
 from fxprune.commands.demo import summary
-from fxprune.data import data_dir
+from tests.fake_remote import publish_checkpoint, publish_cifar10, serve
+from tests.helpers import shared_path
 
-DATA = data_dir()
 
-
-def test_without_data_it_says_what_to_point_it_at(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("FXPRUNE_DATA", str(tmp_path / "empty"))
-    (tmp_path / "empty").mkdir()
+def test_offline_without_data_it_says_what_to_point_it_at(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FXPRUNE_DATA", "none")  # FXPRUNE_OFFLINE is set for every test
     code = main(["demo", "--out", str(tmp_path / "demo")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    for needed in ("FXPRUNE_DATA", "has no cifar10/ folder", "torchvision.datasets.CIFAR10",
-                   "resnet56-4bfd9763.th", "--data cifar10:"):
+    for needed in ("FXPRUNE_OFFLINE", download.CIFAR_RESNETS[56].url.rsplit("/", 1)[1],
+                   "--weights FILE", "FXPRUNE_DATA"):
         assert needed in err
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_downloads_its_inputs_on_first_use(tmp_path, monkeypatch, capsys):
+    """A fresh clone with internet, played by a local stand-in server: a random ResNet-56 and a
+    small CIFAR-10 archive are fetched into the empty cache, and the job runs through."""
+    serve(monkeypatch, tmp_path / "remote", tmp_path / "cache")
+    publish_checkpoint(monkeypatch, tmp_path / "remote", 56)
+    publish_cifar10(monkeypatch, tmp_path / "remote", train=10, test=20)
+    out = tmp_path / "demo"
+    assert main(["demo", "--images", "10", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"] == str(tmp_path / "cache" / "weights" /
+                                     download.CIFAR_RESNETS[56].name)
+    assert report["evaluation"]["images"] == 20 and report["drop"] == ["1.2", "2.2", "3.2"]
+    assert (tmp_path / "cache" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
+
+
 @pytest.mark.realdata
-@pytest.mark.skipif(DATA is None or not (DATA / "cifar10").is_dir(), reason="needs the data")
 def test_demo_compresses_resnet56(tmp_path, capsys):
+    shared_path("cifar10")
+    shared_path("weights/cifar10-resnet")
     out = tmp_path / "demo"
     assert main(["demo", "--images", "10", "--out", str(out)]) == 0
     printed = capsys.readouterr().out

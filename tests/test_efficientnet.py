@@ -12,7 +12,6 @@ from torch import nn
 
 from fxprune import find_structure, load_model, trace
 from fxprune.analysis.sites import drop_sites
-from fxprune.data import data_dir
 from fxprune.datasets import open_pool, to_tensor
 from fxprune.errors import ModelSpecError
 from fxprune.evaluate import top1
@@ -20,7 +19,8 @@ from fxprune.models.efficientnet_lite import LITE_MEAN, efficientnet_lite, plain
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
 from fxprune.tracing import example_input
-from tests.helpers import assert_equivalent, calibrate_and_randomize, randomize_adapters
+from tests.helpers import (assert_equivalent, calibrate_and_randomize, randomize_adapters,
+                           shared_path)
 
 package = pytest.importorskip("efficientnet_lite_pytorch")
 SIZE = (3, 224, 224)
@@ -78,10 +78,9 @@ def test_unknown_variant():
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(data_dir() is None or not (data_dir() / "imagenet-sample-images").exists()
-                    or not (data_dir() / "weights" / "imagenet-efficientnet-lite0").exists(),
-                    reason="shared EfficientNet-Lite0 weights or ImageNet sample absent")
 def test_pretrained_lite0_on_real_images():
+    shared_path("imagenet-sample-images")
+    shared_path("weights/imagenet-efficientnet-lite0")
     loaded = load_model("efficientnet:lite0")
     assert loaded.mean == LITE_MEAN and loaded.input_size == SIZE and "lite0" in loaded.weights
     pool = open_pool("imagenet-sample").subset(range(0, 1000, 20))  # 50 images, 50 classes

@@ -10,30 +10,22 @@ import pytest
 import torch
 from torch import nn
 
-from fxprune.data import data_dir
 from fxprune.errors import ModelSpecError, WeightsError
 from fxprune.models import LoadedModel, cifar_resnet, load_model
 from fxprune.models.checkpoints import load_weights, read_state_dict
+from tests.helpers import shared_path
 
 
 def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _shared_file(relative: str) -> Path | None:
-    root = data_dir()
-    if root is None:
-        return None
-    path = root / relative
-    return path if path.exists() else None
-
-
-def _cifar_weights(depth: int) -> Path | None:
-    root = data_dir()
-    if root is None:
-        return None
-    found = sorted((root / "weights" / "cifar10-resnet").glob(f"resnet{depth}-*.th"))
-    return found[0] if found else None
+def _cifar_weights(depth: int) -> Path:
+    """The data folder's checkpoint of this depth (skips the test without it)."""
+    found = sorted(shared_path("weights/cifar10-resnet").glob(f"resnet{depth}-*.th"))
+    if not found:
+        pytest.skip(f"no resnet{depth}-*.th in the data folder")
+    return found[0]
 
 
 _LOSSLESS = "cifar10/cifar10_lossless_prefix.npz"
@@ -89,7 +81,7 @@ def test_state_dict_keys_follow_checkpoint_layout() -> None:
 
 
 def _top1(loaded: LoadedModel, count: int) -> float:
-    data = np.load(_shared_file(_LOSSLESS))
+    data = np.load(shared_path(_LOSSLESS))
     x = torch.from_numpy(data["test_x"][:count]).permute(0, 3, 1, 2).float() / 255
     mean = torch.tensor(loaded.mean).view(1, 3, 1, 1)
     std = torch.tensor(loaded.std).view(1, 3, 1, 1)
@@ -99,28 +91,18 @@ def _top1(loaded: LoadedModel, count: int) -> float:
     return (pred == y).float().mean().item()
 
 
-def _needs_real_cifar(depth: int) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(
-        _cifar_weights(depth) is None or _shared_file(_LOSSLESS) is None,
-        reason=f"shared ResNet-{depth} weights or lossless CIFAR-10 test images absent",
-    )
-
-
 @pytest.mark.realdata
-@pytest.mark.parametrize(
-    ("depth", "minimum"),
-    [pytest.param(20, 0.89, marks=_needs_real_cifar(20)), pytest.param(56, 0.90, marks=_needs_real_cifar(56))],
-)
+@pytest.mark.parametrize(("depth", "minimum"), [(20, 0.89), (56, 0.90)])
 def test_pretrained_cifar_resnet_accuracy(depth: int, minimum: float) -> None:
+    weights = _cifar_weights(depth)
     loaded = load_model(f"cifar:resnet{depth}")
-    assert loaded.weights == str(_cifar_weights(depth))
+    assert loaded.weights == str(weights)
     assert loaded.input_size == (3, 32, 32)
     assert not loaded.model.training
     assert _top1(loaded, 300) >= minimum
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(_cifar_weights(20) is None, reason="shared CIFAR ResNet-20 weights absent")
 def test_raw_checkpoint_is_unwrapped_and_unprefixed() -> None:
     state = read_state_dict(_cifar_weights(20))
     assert len(state) == 97
@@ -275,8 +257,9 @@ def test_bad_cifar_spec_names_it() -> None:
         load_model("cifar:resnet21")
 
 
-def test_cifar_without_data_folder_is_random(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("FXPRUNE_DATA", str(tmp_path))
+def test_cifar_offline_without_data_folder_is_random(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FXPRUNE_OFFLINE (set for every test) forbids the download: random weights instead."""
+    monkeypatch.setenv("FXPRUNE_DATA", "none")
     loaded = load_model("cifar:resnet20")
     assert loaded.weights is None and loaded.input_size == (3, 32, 32)
 

@@ -8,53 +8,38 @@ from pathlib import Path
 
 from fxprune.commands.common import atomic_output
 from fxprune.commands.compress import compress_to
-from fxprune.data import data_dir
-from fxprune.errors import FxpruneError
+from fxprune.download import cifar10_folder, cifar_resnet_weights
 from fxprune.recovery.practise import RecoveryConfig
 from fxprune.report import latency_ratio
 
 MODEL = "cifar:resnet56"
-WEIGHTS_URL = ("https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/"
-               "pretrained_models/resnet56-4bfd9763.th")
-MISSING = (
-    "the demo needs CIFAR-10 images and pretrained ResNet-56 weights, and found no data folder "
-    "({why}). Set FXPRUNE_DATA to the fxprune data folder (it holds cifar10/ and "
-    "weights/cifar10-resnet/). With internet, fetch both and pass them: python -c \"import "
-    "torchvision; torchvision.datasets.CIFAR10('cifar', download=True)\"; curl -LO "
-    f"{WEIGHTS_URL}; fxprune demo --data cifar10:cifar/cifar-10-batches-py --weights "
-    "resnet56-4bfd9763.th")
 
 
 def register(commands) -> None:
     parser = commands.add_parser(
-        "demo", help="compress the CIFAR-10 ResNet-56 with 50 images (needs the data folder)")
+        "demo", help="compress the CIFAR-10 ResNet-56 with 50 images (without a data folder, "
+                     "downloads it and CIFAR-10 on first use)")
     parser.add_argument("--out", type=Path, default=Path("fxprune-demo"),
                         help="output folder (default: fxprune-demo)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out folder")
     parser.add_argument("--images", type=int, default=50, help="tiny-set size (default 50)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", metavar="SPEC",
-                        help="CIFAR-10 pool (default: cifar10 from the data folder), e.g. "
-                             "cifar10:cifar/cifar-10-batches-py")
-    parser.add_argument("--weights", help="ResNet-56 weights (default: from the data folder)")
+                        help="CIFAR-10 pool (default: cifar10, from the data folder or "
+                             "downloaded), e.g. cifar10:cifar/cifar-10-batches-py")
+    parser.add_argument("--weights",
+                        help="ResNet-56 weights (default: from the data folder or downloaded)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.set_defaults(run=run)
 
 
-def _inputs(args: argparse.Namespace) -> tuple[str, str | None]:
-    """The pool spec and weights file, or an error saying what to point the demo at."""
-    root = data_dir()
+def _inputs(args: argparse.Namespace) -> tuple[str, str]:
+    """The pool spec and weights file: those given, else the data folder's, else downloaded
+    (both before the work starts, so that a missing file fails in seconds)."""
+    weights = args.weights or str(cifar_resnet_weights(56))
     if args.data is None:
-        if root is None:
-            raise FxpruneError(MISSING.format(why="FXPRUNE_DATA is not set and ../shared/data "
-                                                  "does not exist"))
-        if not (root / "cifar10").is_dir():
-            raise FxpruneError(MISSING.format(why=f"{root} has no cifar10/ folder"))
-    if args.weights is None and (root is None or not any(
-            (root / "weights" / "cifar10-resnet").glob("resnet56-*.th"))):
-        raise FxpruneError(MISSING.format(why="no resnet56-*.th under weights/cifar10-resnet/ "
-                                              "and no --weights"))
-    return args.data or "cifar10", args.weights
+        cifar10_folder()
+    return args.data or "cifar10", weights
 
 
 def run(args: argparse.Namespace) -> int:

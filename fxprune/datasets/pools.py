@@ -22,10 +22,12 @@ from PIL import Image
 
 from fxprune.data import data_dir
 from fxprune.datasets.images import check_image, parallel_map
+from fxprune.download import cifar10_folder
 from fxprune.errors import FxpruneError, FxpruneWarning
 
 ACCEPTED_SPECS = (
-    "accepted forms: 'cifar10[:DIR]' (DIR holds cifar10_lossless_prefix.npz or cifar-10-batches-py), "
+    "accepted forms: 'cifar10[:DIR]' (DIR holds cifar10_lossless_prefix.npz or cifar-10-batches-py; "
+    "without DIR, the data folder's or torchvision's, downloaded once), "
     "'cifar10-jpeg[:FILE_OR_DIR]' (cifar10_test_jpeg_q75.npz), "
     "'imagenet32[:FILE_OR_DIR]' (imagenet_sample_32x32.npz, unlabelled), "
     "'imagenet-sample[:DIR]' (images/ + class_index.tsv, labelled), "
@@ -126,7 +128,8 @@ def _nhwc(x: np.ndarray) -> torch.Tensor:
 
 
 def _cifar10(arg: str, split: str | None) -> ImagePool:
-    path = _existing(Path(arg) if arg else _default("cifar10", "cifar10"), "CIFAR-10 folder")
+    # Without an explicit folder: the data folder's, else torchvision's, downloaded once.
+    path = _existing(Path(arg) if arg else cifar10_folder(), "CIFAR-10 folder")
     npz = path if path.is_file() else path / _LOSSLESS
     if npz.is_file():
         split = _split(split, ("train", "test"), npz)

@@ -30,7 +30,7 @@ from types import ModuleType
 import torchvision
 from torch import nn
 
-from fxprune.data import data_dir
+from fxprune.download import cifar_resnet_weights
 from fxprune.errors import ModelSpecError
 from fxprune.models.checkpoints import load_weights, read_state_dict
 from fxprune.models.cifar_resnet import SUPPORTED_DEPTHS, cifar_resnet
@@ -134,12 +134,9 @@ def _from_efficientnet(variant: str, weights: str | None) -> LoadedModel:
 
 
 def _default_cifar_weights(depth: int) -> Path | None:
-    """The pretrained checkpoint for ``depth`` in the shared data folder, if there is one."""
-    root = data_dir()
-    if root is None:
-        return None
-    found = sorted((root / "weights" / "cifar10-resnet").glob(f"resnet{depth}-*.th"))
-    return found[0] if found else None
+    """The pretrained checkpoint for ``depth``: the data folder's, else cached or downloaded;
+    None (random init, as for torchvision: specs) only when FXPRUNE_OFFLINE forbids a download."""
+    return cifar_resnet_weights(depth, required=False)
 
 
 def _from_callable(spec: str) -> LoadedModel:
