@@ -1,4 +1,5 @@
-"""README's two set-up commands are exactly what CI runs."""
+"""README's two set-up commands are exactly what CI runs; the README stays short and its
+links resolve."""
 
 from __future__ import annotations
 
@@ -16,3 +17,13 @@ def test_ci_runs_readme_commands():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     for command in commands:
         assert command in ci_lines
+
+
+def test_readme_is_short_and_its_links_resolve():
+    """The README is for users (the reference lives in docs/); every relative link it and the
+    docs pages make points at a file that exists."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 150
+    for page in [readme, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
