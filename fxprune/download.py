@@ -29,6 +29,7 @@ from fxprune.errors import FxpruneError
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
+_DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def fetch(remote: RemoteFile, target: Path) -> Path:
                                           suffix=".part", delete=False)
     try:
         with partial:
-            digest = _download(url, partial, remote)
+            digest = _download(url, partial, remote, target)
         if not digest.startswith(remote.sha256):
             raise FxpruneError(f"{url} downloaded with sha256 {digest}, expected "
                                f"{remote.sha256}: not cached (a corrupted or changed file); "
@@ -139,7 +140,7 @@ def fetch(remote: RemoteFile, target: Path) -> Path:
     return target
 
 
-def _download(url: str, sink, remote: RemoteFile) -> str:
+def _download(url: str, sink, remote: RemoteFile, target: Path) -> str:
     """Streams ``url`` into ``sink``; returns the SHA-256 of what was written."""
     digest = hashlib.sha256()
     try:
@@ -154,7 +155,7 @@ def _download(url: str, sink, remote: RemoteFile) -> str:
     except OSError as exc:  # URLError, HTTPError, timeouts, a missing file:// path
         reason = getattr(exc, "reason", None) or exc
         raise FxpruneError(f"could not download {url} ({reason}); without internet, "
-                           f"{remote.instead}") from exc
+                           f"{remote.instead}, or put {remote.name} in {target.parent}") from exc
     return digest.hexdigest()
 
 
@@ -165,7 +166,9 @@ def _extract(archive: Path, folder: Path, member: str) -> None:
     try:
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(staging, filter="data")  # no absolute paths, links or devices
+                # The archive's hash was checked; the 'data' filter (Python >= 3.11.4) also
+                # refuses absolute paths, links out of the folder and devices.
+                tar.extractall(staging, **_DATA_FILTER)
         except (tarfile.TarError, OSError) as exc:
             raise FxpruneError(f"cannot extract {archive}: {exc}; delete it and retry") from exc
         if not (staging / member).is_dir():

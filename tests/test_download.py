@@ -61,13 +61,14 @@ def test_unreachable_server_says_what_it_tried_and_what_to_do(remote, tmp_path, 
     message = str(error.value)
     assert f"could not download {remote.as_uri()}/{name}" in message
     assert "--weights FILE" in message and "FXPRUNE_DATA" in message and "\n" not in message
+    assert f"put {name} in {tmp_path / 'cache' / 'weights'}" in message
     assert _cache_files(tmp_path) == []
 
 
 def test_interrupted_download_leaves_nothing(remote, tmp_path, monkeypatch):
     publish_checkpoint(monkeypatch, remote, 20)
 
-    def killed(url, sink, remote_file):
+    def killed(url, sink, remote_file, target):
         sink.write(b"half a file")
         raise KeyboardInterrupt
 
