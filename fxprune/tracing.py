@@ -11,24 +11,35 @@ from __future__ import annotations
 import copy
 import os
 import traceback
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from fxprune.errors import TraceError
+from fxprune.errors import FxpruneWarning, TraceError
 from fxprune.graph import parameter_dtype
+
+AUTO_LEAVES_META = "fxprune.auto_leaves"  # gm.meta: {module path: why it stayed opaque}
 
 
 class _LeafTracer(fx.Tracer):
-    """A tracer that keeps user-named modules opaque and remembers where tracing failed."""
+    """A tracer that keeps user-named modules opaque and remembers where tracing failed.
 
-    def __init__(self, leaf_types: tuple[type, ...], leaf_paths: frozenset[str]):
+    With ``auto_leaf``, a module whose ``forward`` cannot be traced (Python control flow on a
+    shape or a value, ``math`` on a size) is traced again as an opaque leaf: the nodes its
+    failed attempt recorded are erased and one ``call_module`` node stands for it. The innermost
+    failing module becomes the leaf, so as little as possible is hidden from the analysis."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_paths: frozenset[str],
+                 auto_leaf: bool = False):
         super().__init__()
         self._leaf_types = leaf_types
-        self._leaf_paths = leaf_paths
+        self._leaf_paths = set(leaf_paths)
+        self._auto_leaf = auto_leaf
         self.failed_module: str | None = None  # innermost module whose forward raised
+        self.auto_leaves: dict[str, str] = {}  # module path -> why it could not be traced
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         if isinstance(module, self._leaf_types) or qualified_name in self._leaf_paths:
@@ -36,12 +47,32 @@ class _LeafTracer(fx.Tracer):
         return super().is_leaf_module(module, qualified_name)
 
     def call_module(self, module, forward, args, kwargs):
+        marker = _last_node(self.graph)
+        stack, calls = dict(self.module_stack), dict(self.num_calls)
         try:
             return super().call_module(module, forward, args, kwargs)
-        except Exception:
-            if self.failed_module is None:
-                self.failed_module = self.path_of_module(module)
-            raise
+        except Exception as error:
+            path = self.path_of_module(module)
+            if not self._auto_leaf or not path:
+                if self.failed_module is None:
+                    self.failed_module = path
+                raise
+            self._forget_after(marker)
+            self.module_stack.clear()
+            self.module_stack.update(stack)
+            self.num_calls = calls
+            self._leaf_paths.add(path)
+            self.auto_leaves[path] = f"{type(module).__name__}{_user_frame(error)}: {error}"
+            return super().call_module(module, forward, args, kwargs)
+
+    def _forget_after(self, marker: fx.Node | None) -> None:
+        """Erase the nodes a failed attempt recorded after ``marker``, newest first."""
+        while (last := _last_node(self.graph)) is not marker:
+            self.graph.erase_node(last)
+
+
+def _last_node(graph: fx.Graph) -> fx.Node | None:
+    return next(iter(reversed(graph.nodes)), None)
 
 
 def _user_frame(error: BaseException) -> str:
@@ -61,10 +92,13 @@ def _split_leaves(leaf_modules: Iterable[type | str]) -> tuple[tuple[type, ...],
     return types, paths
 
 
-def symbolic_trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
+def symbolic_trace(model: nn.Module, leaf_modules: Iterable[type | str] = (),
+                   auto_leaf: bool = False) -> fx.GraphModule:
     """``torch.fx`` trace of ``model``; ``leaf_modules`` are module types or qualified names
-    that stay single ``call_module`` nodes instead of being traced through."""
-    tracer = _LeafTracer(*_split_leaves(leaf_modules))
+    that stay single ``call_module`` nodes instead of being traced through. With
+    ``auto_leaf``, modules that cannot be traced become leaves too, listed with the reason in
+    ``gm.meta[AUTO_LEAVES_META]``."""
+    tracer = _LeafTracer(*_split_leaves(leaf_modules), auto_leaf=auto_leaf)
     try:
         graph = tracer.trace(model)
     except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
@@ -75,19 +109,65 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) ->
             f"torch.fx cannot trace {place}{_user_frame(error)}: {type(error).__name__}: {error}. "
             f"Mark it as a leaf (leaf_modules=[...] / --leaf {where or 'MODULE'}) so it stays opaque."
         ) from error
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta[AUTO_LEAVES_META] = dict(tracer.auto_leaves)
+    return gm
+
+
+class _NamingShapeProp(ShapeProp):
+    """``ShapeProp`` that remembers the node it failed at, for a one-line error."""
+
+    failed: tuple[fx.Node, BaseException] | None = None
+
+    def run_node(self, node: fx.Node):
+        try:
+            return super().run_node(node)
+        except Exception as error:
+            if self.failed is None:
+                self.failed = (node, error.__cause__ or error)  # ShapeProp wraps the op's error
+            raise
+
+
+def _input_error(example: torch.Tensor, where: str, cause: BaseException) -> TraceError:
+    first_line = str(cause).splitlines()[0] if str(cause) else ""
+    return TraceError(
+        f"the model fails on the example input {tuple(example.shape)}{where}: "
+        f"{type(cause).__name__}: {first_line}. Check the input size (--input-size C,H,W) "
+        "against what the model expects")
+
+
+def run_example(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """``model(example)`` without gradients; a failure is a one-line ``TraceError``."""
+    try:
+        with torch.no_grad():
+            return model(example)
+    except Exception as error:  # whatever the model raises on an input it does not accept
+        raise _input_error(example, "", error) from error
+
+
+def _operation(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module '{node.target}', {type(gm.get_submodule(node.target)).__name__}"
+    return getattr(node.target, "__name__", str(node.target))
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> fx.GraphModule:
     """Write ``tensor_meta`` (shape, dtype) on every node by running ``example_inputs``.
 
-    Runs under ``no_grad`` in eval mode so BN running statistics are not touched."""
+    Runs under ``no_grad`` in eval mode so BN running statistics are not touched. A model that
+    fails on the input raises ``TraceError`` naming the node and the op's own first line."""
     was_training = gm.training
     gm.eval()
+    interpreter = _NamingShapeProp(gm)
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*example_inputs)
+            interpreter.propagate(*example_inputs)
+    except Exception as error:
+        if interpreter.failed is None:
+            raise
+        node, cause = interpreter.failed
+        raise _input_error(example_inputs[0], f" at node '{node.name}' ({_operation(gm, node)})",
+                           cause) from error
     finally:
         gm.train(was_training)
     return gm
@@ -100,13 +180,25 @@ def example_input(input_size: Sequence[int], batch: int = 1, dtype: torch.dtype 
     return torch.randn((batch, *input_size), generator=generator, dtype=dtype)
 
 
-def trace(model: nn.Module, input_size: Sequence[int], leaf_modules: Iterable[type | str] = ()
-          ) -> fx.GraphModule:
-    """Trace a copy of ``model`` in eval mode and annotate shapes for a (C, H, W) input.
+def trace(model: nn.Module, input_size: Sequence[int], leaf_modules: Iterable[type | str] = (),
+          auto_leaf: bool = True, canonical: bool = True) -> fx.GraphModule:
+    """Trace a copy of ``model`` in eval mode, annotate shapes for a (C, H, W) input and
+    rewrite the graph into fxprune's canonical form (``fxprune.canonical``).
 
     The copy keeps the caller's model safe from every later rewrite and from BN statistics
     updates. Eval mode matters: ops that read ``self.training`` while tracing (dropout,
-    stochastic depth) are baked into the graph as they are then."""
-    gm = symbolic_trace(copy.deepcopy(model).eval(), leaf_modules)
-    dtype = parameter_dtype(model)
-    return propagate_shapes(gm, [example_input(input_size, dtype=dtype)])
+    stochastic depth) are baked into the graph as they are then. Modules that cannot be traced
+    stay opaque (``auto_leaf``), with a warning that names them; ``auto_leaf=False`` raises
+    ``TraceError`` instead. Shapes are propagated before canonicalization too, so that the
+    model's own shape checks run once at this input size before they are removed."""
+    gm = symbolic_trace(copy.deepcopy(model).eval(), leaf_modules, auto_leaf=auto_leaf)
+    if gm.meta[AUTO_LEAVES_META]:
+        listing = "; ".join(f"{path} ({why})" for path, why in gm.meta[AUTO_LEAVES_META].items())
+        warnings.warn(f"traced as opaque leaves (torch.fx cannot trace them): {listing}",
+                      FxpruneWarning, stacklevel=2)
+    example = [example_input(input_size, dtype=parameter_dtype(model))]
+    propagate_shapes(gm, example)
+    if not canonical:
+        return gm
+    from fxprune.canonical import canonicalize  # the passes import this module
+    return propagate_shapes(canonicalize(gm), example)

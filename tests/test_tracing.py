@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 from torch import nn
 
-from fxprune.errors import TraceError
+from fxprune.errors import FxpruneWarning, TraceError
 from fxprune.graph import shape_of
 from fxprune.models import cifar_resnet
-from fxprune.tracing import example_input, trace
+from fxprune.tracing import AUTO_LEAVES_META, example_input, trace
 
 
 class DataDependent(nn.Module):
@@ -56,7 +58,32 @@ def test_traced_equals_eager_and_model_is_untouched():
 def test_untraceable_module_is_named():
     with pytest.raises(TraceError, match=r"module 'gate' \(DataDependent\) at .*test_tracing.py:\d+ `if x.sum\(\) > 0:`.*"
                        r"--leaf gate"):
-        trace(Net().eval(), (3, 8, 8))
+        trace(Net().eval(), (3, 8, 8), auto_leaf=False)
+
+
+def test_untraceable_module_becomes_a_named_leaf():
+    """By default the innermost untraceable module stays opaque, with a warning naming it and
+    nothing left of its failed attempt in the graph."""
+    model = Net().eval()
+    with pytest.warns(FxpruneWarning, match=r"opaque leaves.*gate \(DataDependent at .*"
+                                            r"`if x.sum\(\) > 0:`"):
+        gm = trace(model, (3, 8, 8))
+    assert gm.meta[AUTO_LEAVES_META].keys() == {"gate"}
+    assert [node.op for node in gm.graph.nodes] == [
+        "placeholder", "call_module", "call_module", "call_method", "call_module", "output"]
+    x = example_input((3, 8, 8), batch=2)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    torch.testing.assert_close(gm(-x), model(-x), rtol=0, atol=0)  # both branches, eagerly
+
+
+def test_wrong_input_size_is_one_line_naming_the_node():
+    model = nn.Sequential(OrderedDict(flat=nn.Flatten(), head=nn.Linear(12, 4))).eval()
+    with pytest.raises(TraceError, match=r"input \(1, 3, 8, 8\) at node 'head' \(module 'head', "
+                                         r"Linear\): RuntimeError: mat1 and mat2 shapes cannot be "
+                                         r"multiplied \(1x192 and 12x4\)\. Check the input size "
+                                         r"\(--input-size C,H,W\) against what the model "
+                                         r"expects$"):
+        trace(model, (3, 8, 8))
 
 
 def test_leaf_module_makes_it_traceable():

@@ -52,7 +52,7 @@ class Block:
     """A droppable-or-not unit of the network, described by node names of the analysed graph."""
 
     id: str
-    kind: str  # "residual" | "inverted_residual" | "conv"
+    kind: str  # "residual" | "inverted_residual" | "bottleneck" (shortcut-free) | "conv"
     entry: str  # node whose output enters the block
     exit: str  # node whose output leaves the block
     nodes: tuple[str, ...]  # nodes inside the block (entry excluded), in graph order
@@ -166,6 +166,18 @@ class _View:
         return None if stamp in self.dropped else stamp
 
 
+def constant_nodes(graph: fx.Graph) -> set[str]:
+    """Names of the nodes computed from parameters and buffers alone (``get_attr`` nodes and
+    what only they feed)."""
+    constant: set[str] = set()
+    for node in graph.nodes:
+        if node.op == "get_attr" or node.op in ("call_function", "call_method") and \
+                node.all_input_nodes and all(source.name in constant
+                                             for source in node.all_input_nodes):
+            constant.add(node.name)
+    return constant
+
+
 def trunk(graph: fx.Graph) -> list[fx.Node]:
     """Nodes that every path of tensors from an input to the output passes through, in graph
     order. Paths through values that are not tensors (``x.size(0)`` feeding a final ``view``)
@@ -174,6 +186,8 @@ def trunk(graph: fx.Graph) -> list[fx.Node]:
     # ShapeProp records each node's result type (nodes added by later passes have none)
     digraph.remove_nodes_from([node.name for node in graph.nodes if node.op not in (
         "placeholder", "output") and node.meta.get("type") in SHAPE_TYPES])
+    # parameters read as tensors (a functional linear's weight) are no paths of features
+    digraph.remove_nodes_from(constant_nodes(graph))
     root = "__fxprune_root__"
     for node in graph.nodes:
         if not node.all_input_nodes:
@@ -264,16 +278,18 @@ def _trunk_units(view: _View) -> list[_Unit]:
 
 
 def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
-    """Fold [1x1 expand] + depthwise + linear 1x1 project conv units into one shortcut-free
-    inverted-residual unit (MobileNetV2's first block of a stage)."""
+    """Fold [1x1 expand] + spatial (depthwise or k x k) + linear 1x1 project conv units into one
+    shortcut-free unit: MobileNetV2's first block of a stage (an inverted residual), or a
+    bottleneck without shortcut (RegNetZ's first block of a stage)."""
 
     def pointwise(unit: _Unit) -> bool:
         conv = view.conv(view.nodes[unit.convs[0]])
         return unit.kind == "conv" and conv.kernel_size == (1, 1) and conv.groups == 1
 
-    def depthwise(unit: _Unit) -> bool:
+    def spatial(unit: _Unit) -> bool:
         conv = view.conv(view.nodes[unit.convs[0]])
-        return unit.kind == "conv" and is_depthwise(conv)
+        return unit.kind == "conv" and not unit.linear and (
+            is_depthwise(conv) or conv.kernel_size != (1, 1))
 
     def same_stamp(first: _Unit, second: _Unit) -> bool:
         return not view.stamped or _stamped_id(view, first) == _stamped_id(view, second)
@@ -283,14 +299,16 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
     while index < len(units):
         unit = units[index]
         project = units[index + 1] if index + 1 < len(units) else None
-        if depthwise(unit) and project is not None and pointwise(project) and project.linear \
+        if spatial(unit) and project is not None and pointwise(project) and project.linear \
                 and project.entry == unit.exit and same_stamp(unit, project):
             parts = [unit, project]
             if merged and pointwise(merged[-1]) and not merged[-1].linear and \
                     merged[-1].exit == unit.entry and same_stamp(merged[-1], unit):
                 parts.insert(0, merged.pop())
+            depthwise = any(is_depthwise(view.conv(view.nodes[part.convs[0]])) for part in parts)
             merged.append(_Unit(
-                kind="inverted_residual", entry=parts[0].entry, exit=project.exit,
+                kind="inverted_residual" if depthwise else "bottleneck",
+                entry=parts[0].entry, exit=project.exit,
                 nodes=view.sorted(name for part in parts for name in part.nodes),
                 convs=tuple(name for part in parts for name in part.convs)))
             index += 2

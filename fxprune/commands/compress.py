@@ -29,6 +29,7 @@ from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
 from fxprune.report import setbacks, write_report
 from fxprune.saving import MODEL_FILE
 from fxprune.selection import STRATEGIES, SelectionConfig
+from fxprune.tracing import run_example
 
 LATENCY_BUDGET_S = 20.0  # the report's latencies are a guide; `fxprune bench` measures properly
 
@@ -122,8 +123,7 @@ def _evaluation_pool(args, rest):
 
 def _check_labels(model, example, *pools) -> None:
     """Labels are used as the model's class indices (accuracy, cross-entropy): they must fit."""
-    with torch.no_grad():
-        classes = model.eval()(example).shape[-1]
+    classes = run_example(model.eval(), example).shape[-1]
     for pool in pools:
         if pool.labels is not None and len(pool.labels) and int(pool.labels.max()) >= classes:
             raise FxpruneError(
