@@ -62,7 +62,8 @@ class _LeafTracer(fx.Tracer):
             self.module_stack.update(stack)
             self.num_calls = calls
             self._leaf_paths.add(path)
-            self.auto_leaves[path] = f"{type(module).__name__}{_user_frame(error)}: {error}"
+            message = str(error).split(". ")[0].splitlines()[0] if str(error) else ""
+            self.auto_leaves[path] = f"{type(module).__name__}{_user_frame(error)}: {message}"
             return super().call_module(module, forward, args, kwargs)
 
     def _forget_after(self, marker: fx.Node | None) -> None:
@@ -192,13 +193,20 @@ def trace(model: nn.Module, input_size: Sequence[int], leaf_modules: Iterable[ty
     ``TraceError`` instead. Shapes are propagated before canonicalization too, so that the
     model's own shape checks run once at this input size before they are removed."""
     gm = symbolic_trace(copy.deepcopy(model).eval(), leaf_modules, auto_leaf=auto_leaf)
-    if gm.meta[AUTO_LEAVES_META]:
-        listing = "; ".join(f"{path} ({why})" for path, why in gm.meta[AUTO_LEAVES_META].items())
-        warnings.warn(f"traced as opaque leaves (torch.fx cannot trace them): {listing}",
-                      FxpruneWarning, stacklevel=2)
     example = [example_input(input_size, dtype=parameter_dtype(model))]
     propagate_shapes(gm, example)
-    if not canonical:
-        return gm
-    from fxprune.canonical import canonicalize  # the passes import this module
-    return propagate_shapes(canonicalize(gm), example)
+    if canonical:
+        from fxprune.canonical import canonicalize  # the passes import this module
+        propagate_shapes(canonicalize(gm), example)
+    if opaque := opaque_leaves(gm):
+        listing = "; ".join(f"{path} ({gm.meta[AUTO_LEAVES_META][path]})" for path in opaque)
+        warnings.warn(f"kept opaque (torch.fx cannot trace them; the analysis sees each as one "
+                      f"op): {listing}", FxpruneWarning, stacklevel=2)
+    return gm
+
+
+def opaque_leaves(gm: fx.GraphModule) -> list[str]:
+    """The modules ``trace`` could not trace that are still opaque: canonicalization may have
+    replaced one by plain torch.nn modules (a TF-'SAME' conv becomes pad + conv)."""
+    return sorted(path for path in gm.meta.get(AUTO_LEAVES_META, {})
+                  if not type(gm.get_submodule(path)).__module__.startswith("torch.nn."))

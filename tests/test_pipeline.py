@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import fxprune
@@ -76,19 +75,22 @@ def test_bad_options_are_explained(model, images, kwargs, message):
 
 
 def test_a_network_without_stages_needs_layerwise_recovery():
-    """ConvNeXt's blocks (depthwise conv, LayerNorm, linear layers) form no stage the analysis
-    can drop: stage-wise recovery and the mir finetune have no stage output to mimic and say
-    so; layer-wise recovery still trains the adapters of its factorized convs."""
-    model, size = torchvision.models.convnext_tiny().eval(), (3, 32, 32)
+    """1x1 convs on pooled features (a classifier written as convs) form no stage:
+    stage-wise recovery and the mir finetune have no stage output to mimic and say so;
+    layer-wise recovery still trains the adapters of its factorized convs."""
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 16, 1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 1), nn.ReLU(), nn.Conv2d(16, 10, 1),
+                          nn.Flatten()).eval()
+    size = (3, 32, 32)
     images = example_input(size, batch=2, seed=0)
     quick = FitConfig(lr=1e-3, max_steps=2, patience=2)
     for kwargs, remedy in (({"recovery": RecoveryConfig(fit=quick)}, "--schedule layerwise"),
                            ({"recover": "none", "finetune": "mir",
                              "finetuning": FinetuneConfig(epochs=1)}, "--finetune ce-mse or mse")):
         with pytest.raises(FxpruneError, match=f"no stage found.*; use {remedy}"):
-            fxprune.compress(model, images, size, drop=None, decouple="dwpw", progress=False,
-                             **kwargs)
-    result = fxprune.compress(model, images, size, drop=None, decouple="dwpw", progress=False,
-                              recovery=RecoveryConfig(schedule="layerwise", fit=quick))
+            fxprune.compress(model, images, size, drop=None, decouple="lowrank:0.4",
+                             progress=False, **kwargs)
+    result = fxprune.compress(model, images, size, drop=None, decouple="lowrank:0.4",
+                              progress=False, recovery=RecoveryConfig(schedule="layerwise", fit=quick))
     assert result.report["adapters"] == len(result.report["decouple"]["convs"]) > 0
     assert count_modules(result.model, Adapter) == 0

@@ -65,7 +65,7 @@ def test_untraceable_module_becomes_a_named_leaf():
     """By default the innermost untraceable module stays opaque, with a warning naming it and
     nothing left of its failed attempt in the graph."""
     model = Net().eval()
-    with pytest.warns(FxpruneWarning, match=r"opaque leaves.*gate \(DataDependent at .*"
+    with pytest.warns(FxpruneWarning, match=r"kept opaque.*gate \(DataDependent at .*"
                                             r"`if x.sum\(\) > 0:`"):
         gm = trace(model, (3, 8, 8))
     assert gm.meta[AUTO_LEAVES_META].keys() == {"gate"}

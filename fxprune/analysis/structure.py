@@ -19,6 +19,7 @@ Everything here reads the graph; nothing here changes it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -142,6 +143,7 @@ class _View:
         # neighbourhood could merge a survivor with leftovers of the dropped block.
         self.dropped = frozenset(gm.meta.get(DROPPED_META, ()))
         self.stamped = bool(self.dropped)
+        self.walked: set[tuple[str, str]] = set()  # (entry, operand) paths already walked
 
     def between(self, start: str, end: str) -> set[str]:
         """Nodes on some path from ``start`` to ``end``, both excluded."""
@@ -237,9 +239,39 @@ def _is_residual_join(view: _View, previous: fx.Node, node: fx.Node) -> bool:
         view.between(previous.name, node.name))
 
 
-def _trunk_units(view: _View) -> list[_Unit]:
-    """Residual regions and conv units along the trunk, in order."""
-    chain = trunk(view.graph)
+def _nested(view: _View, start: fx.Node, end: fx.Node) -> bool:
+    """The region between two chain nodes convolves feature maps on a path of its own, so
+    blocks may sit inside it (a CSP stage's split, a DLA tree, a DPN dual path); a gate on
+    pooled features (squeeze-and-excitation) does not count."""
+    return any(math.prod(feature_shape(view.nodes[name])[1:]) > 1
+               for name in view.convs(view.between(start.name, end.name)))
+
+
+def _branch_chain(view: _View, entry: fx.Node, operand: fx.Node) -> list[fx.Node]:
+    """The nodes every path from ``entry`` to ``operand`` passes through, both included."""
+    names = view.between(entry.name, operand.name) | {entry.name, operand.name}
+    dominators = nx.immediate_dominators(view.digraph.subgraph(names), entry.name)
+    chain = [operand.name]
+    while chain[-1] != entry.name:
+        chain.append(dominators[chain[-1]])
+    return [view.nodes[name] for name in reversed(chain)]
+
+
+def _nested_units(view: _View, entry: fx.Node, join: fx.Node) -> list[_Unit]:
+    """Units along each path from ``entry`` into ``join`` (operands in graph order), each
+    region walked once: paths of a densely connected region share their regions."""
+    units: list[_Unit] = []
+    for operand in sorted(tensor_inputs(join), key=lambda node: view.order[node.name]):
+        if operand is not entry and (entry.name, operand.name) not in view.walked:
+            view.walked.add((entry.name, operand.name))
+            units += [unit for unit in _chain_units(view, _branch_chain(view, entry, operand))
+                      if unit.exit not in {known.exit for known in units}]
+    return units
+
+
+def _chain_units(view: _View, chain: list[fx.Node]) -> list[_Unit]:
+    """Residual regions and conv units along a chain of dominating nodes (the trunk, or a
+    path inside a multi-path region), in order."""
     units: list[_Unit] = []
     index = 1
     while index < len(chain):
@@ -253,6 +285,10 @@ def _trunk_units(view: _View) -> list[_Unit]:
             unit = _residual_unit(view, previous, node, exit_node)
             if unit is not None:
                 units.append(unit)
+            elif _nested(view, previous, node):  # a sum of branches (HRNet's fusion)
+                units += _nested_units(view, previous, node)
+        elif view.conv(node) is None and _nested(view, previous, node):
+            units += _nested_units(view, previous, node)
         elif view.conv(node) is not None:
             members = [node]
             while index + 1 < len(chain):
@@ -262,6 +298,7 @@ def _trunk_units(view: _View) -> list[_Unit]:
                 if view.conv(following) is not None or \
                         feature_shape(following) != feature_shape(node) and not padding or \
                         _is_residual_join(view, members[-1], following) or \
+                        _nested(view, members[-1], following) or \
                         view.stamped and view.stamp(following) != view.stamp(node):
                     break
                 members.append(following)
@@ -291,6 +328,13 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
         return unit.kind == "conv" and not unit.linear and (
             is_depthwise(conv) or conv.kernel_size != (1, 1))
 
+    def starts_stage(index: int, project: _Unit) -> bool:
+        """A dense bottleneck without shortcut is a block only where residual blocks of its
+        output shape follow (RegNetZ), not between stages (a CSP transition)."""
+        following = units[index] if index < len(units) else None
+        return following is not None and following.kind != "conv" and \
+            feature_shape(view.nodes[following.exit]) == feature_shape(view.nodes[project.exit])
+
     def same_stamp(first: _Unit, second: _Unit) -> bool:
         return not view.stamped or _stamped_id(view, first) == _stamped_id(view, second)
 
@@ -301,11 +345,15 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
         project = units[index + 1] if index + 1 < len(units) else None
         if spatial(unit) and project is not None and pointwise(project) and project.linear \
                 and project.entry == unit.exit and same_stamp(unit, project):
+            depthwise = is_depthwise(view.conv(view.nodes[unit.convs[0]]))
+            if not depthwise and not starts_stage(index + 2, project):
+                merged.append(unit)
+                index += 1
+                continue
             parts = [unit, project]
             if merged and pointwise(merged[-1]) and not merged[-1].linear and \
                     merged[-1].exit == unit.entry and same_stamp(merged[-1], unit):
                 parts.insert(0, merged.pop())
-            depthwise = any(is_depthwise(view.conv(view.nodes[part.convs[0]])) for part in parts)
             merged.append(_Unit(
                 kind="inverted_residual" if depthwise else "bottleneck",
                 entry=parts[0].entry, exit=project.exit,
@@ -321,13 +369,16 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
 def find_structure(gm: fx.GraphModule) -> Structure:
     """Stages and blocks of ``gm``, which must carry shapes (``fxprune.tracing.trace``)."""
     view = _View(gm)
-    units = _merge_inverted_residuals(view, _trunk_units(view))
+    units = _merge_inverted_residuals(view, _chain_units(view, trunk(view.graph)))
     if view.stamped:
         is_block = [_stamped_id(view, unit) is not None for unit in units]
     else:
         is_block = [unit.kind != "conv" for unit in units]
         if not any(is_block):
-            is_block = [True] * len(units)  # plain networks (VGG): every conv unit is a block
+            # plain networks (VGG): every conv unit is a block, but for those on pooled 1x1
+            # features (a classifier written as convs)
+            is_block = [math.prod(feature_shape(view.nodes[unit.exit])[1:]) > 1
+                        for unit in units]
     first = is_block.index(True) if any(is_block) else len(units)
     last = len(is_block) - is_block[::-1].index(True) if any(is_block) else len(units)
     block_units = [unit for unit, keep in zip(units, is_block) if keep]

@@ -39,8 +39,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-MODEL_HELP = ("torchvision:<builder>, cifar:resnet<depth>, path/to/file.py:callable or "
-              "package.module:callable")
+MODEL_HELP = ("torchvision:<builder>, cifar:resnet<depth>, efficientnet:lite0, timm:<architecture>,"
+              " path/to/file.py:callable or package.module:callable")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, metavar: str = "MODEL",

@@ -1,6 +1,6 @@
 """Turning a model spec string into a ready model with its preprocessing.
 
-Three forms are accepted, so that the tool works on the torchvision zoo, on the bundled
+These forms are accepted, so that the tool works on the torchvision zoo, on the bundled
 CIFAR ResNets (whose pretrained weights live in the shared data folder) and on any user
 model without changes to the tool:
 
@@ -8,6 +8,8 @@ model without changes to the tool:
 * ``cifar:resnet20`` (also 32, 44, 56, 110);
 * ``efficientnet:lite0`` (to lite4; the PyPI package ``efficientnet-lite-pytorch``, made plain
   by ``efficientnet_lite.plain_convs``; Lite0's pretrained weights come from the data folder);
+* ``timm:<architecture>``, e.g. ``timm:regnety_008`` (the optional extra ``fxprune[timm]``;
+  never downloads weights, ``--weights`` takes a timm checkpoint);
 * ``path/to/file.py:callable`` or ``package.module:callable``, called with no arguments.
 
 The input size and normalisation travel with the model because accuracy measurements and
@@ -36,6 +38,7 @@ from fxprune.models.checkpoints import load_weights, read_state_dict
 from fxprune.models.cifar_resnet import SUPPORTED_DEPTHS, cifar_resnet
 from fxprune.models.efficientnet_lite import LITE_MEAN, LITE_STD, efficientnet_lite
 from fxprune.models.efficientnet_lite import default_weights as default_efficientnet_weights
+from fxprune.models.timm_models import timm_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,6 +49,7 @@ _TORCHVISION_INPUT = {"inception_v3": (3, 299, 299)}
 _ACCEPTED_FORMS = (
     "expected one of: 'torchvision:<builder>' (e.g. torchvision:resnet18), "
     "'cifar:resnet<depth>' (depth in 20, 32, 44, 56, 110), 'efficientnet:lite0' (to lite4), "
+    "'timm:<architecture>' (e.g. timm:regnety_008), "
     "'path/to/file.py:callable' or 'package.module:callable'"
 )
 _DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -73,6 +77,8 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
     elif sep and prefix == "efficientnet":
         # the package's own key names: weights load before its convs are made plain
         return _from_efficientnet(rest, weights)
+    elif sep and prefix == "timm":
+        return _from_timm(rest, weights)  # the classifier is sized from the weights
     elif ":" in spec:
         loaded = _from_callable(spec)
     else:
@@ -131,6 +137,12 @@ def _from_efficientnet(variant: str, weights: str | None) -> LoadedModel:
     return LoadedModel(model=model, name=f"efficientnet-{variant}", input_size=(3, side, side),
                        mean=LITE_MEAN, std=LITE_STD,
                        weights=str(path) if path is not None else None)
+
+
+def _from_timm(name: str, weights: str | None) -> LoadedModel:
+    model, size, mean, std = timm_model(name, weights)
+    return LoadedModel(model=model, name=name, input_size=size, mean=mean, std=std,
+                       weights=weights)
 
 
 def _default_cifar_weights(depth: int) -> Path | None:
