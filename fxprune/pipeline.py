@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 
 from fxprune.analysis.channels import coupled_maps, prunable_maps
-from fxprune.analysis.sites import drop_sites
+from fxprune.analysis.sites import drop_sites, nothing_to_drop
 from fxprune.analysis.structure import Structure, find_structure, stand_in
 from fxprune.errors import FxpruneError, FxpruneWarning, PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, owns_module,
@@ -49,9 +49,10 @@ def paper_rule(structure: Structure) -> list[str]:
 
 
 def resolve_drop(structure: Structure, drop: str | Sequence[str] | None,
-                 required: bool = True) -> list[str]:
+                 required: bool = True, gm: fx.GraphModule | None = None) -> list[str]:
     """Block ids from ``"rule"``, ``"1.2,2.2"`` or a list; every id must exist and be
-    droppable. ``None`` (or an empty list) is allowed when not ``required``."""
+    droppable. ``None`` (or an empty list) is allowed when not ``required``. ``gm``, the
+    analysed graph, lets the error for a network with nothing to drop name what applies."""
     if not required and not drop:
         return []
     if isinstance(drop, str):
@@ -59,9 +60,11 @@ def resolve_drop(structure: Structure, drop: str | Sequence[str] | None,
             part.strip() for part in drop.split(",") if part.strip()]
     else:
         ids = list(drop)
+    if not ids and drop == "rule":
+        raise FxpruneError(f"nothing to drop: {nothing_to_drop(structure, gm)}")
     if not ids:
         raise FxpruneError(f"nothing to drop ({drop!r} names no block); droppable blocks: "
-                           f"{', '.join(b.id for b in structure.blocks if b.droppable) or 'none'}")
+                           f"{', '.join(b.id for b in structure.blocks if b.droppable)}")
     if len(set(ids)) != len(ids):
         raise FxpruneError(f"block ids repeat in {ids}")
     for block_id in ids:
@@ -303,7 +306,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     drop = auto.blocks if auto is not None else drop
     others = any(option is not None for option in (prune_filters, prune_streams, sparsity,
                                                      decouple))
-    ids = resolve_drop(structure, drop, required=not others)
+    ids = resolve_drop(structure, drop, required=not others, gm=student)
     sites = drop_sites(student, structure, ids, placement) if recover == "practise" else []
     if recover == "practise" and not sites and not others:
         warnings.warn(f"no adapter can be placed (and folded) around blocks {ids}: the network "
@@ -319,7 +322,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
                               _up_to_last_stage(student, structure) if staged else None)
     student = PassManager([PruneCoupledMaps(streams), InsertAdapters(sites)])(
         student).graph_module
-    stage_outputs = {stand_in(student, stage.blocks[-1].exit) for stage in structure.stages} \
+    stage_outputs = {stand_in(student, stage.output) for stage in structure.stages} \
         if staged else set()
     keep = resolve_pruning(student, prune_filters, stage_outputs)
     student = PruneFilters(keep)(student).graph_module

@@ -84,6 +84,15 @@ def fetch_attr(gm: fx.GraphModule, target: str):
     return value
 
 
+def as_parameter(gm: fx.GraphModule, node: fx.Node | None) -> nn.Parameter | None:
+    """The tensor a ``get_attr`` node reads, as a parameter of a new module: the same
+    ``Parameter`` object when it is one (so it stays shared), else wrapping the buffer."""
+    if node is None:
+        return None
+    value = fetch_attr(gm, node.target)
+    return value if isinstance(value, nn.Parameter) else nn.Parameter(value)
+
+
 def module_for_function(gm: fx.GraphModule, node: fx.Node, module: nn.Module, stem: str,
                         reads: set[fx.Node], data: fx.Node) -> fx.Node:
     """Replace the functional call ``node`` on ``data`` by a call of ``module``, which takes

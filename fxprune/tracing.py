@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from fxprune.errors import FxpruneWarning, TraceError
 from fxprune.graph import parameter_dtype
@@ -115,18 +116,34 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[type | str] = (),
     return gm
 
 
-class _NamingShapeProp(ShapeProp):
-    """``ShapeProp`` that remembers the node it failed at, for a one-line error."""
+class _ShapeRecorder(fx.Interpreter):
+    """What torch.fx's ``ShapeProp`` records (``tensor_meta``, ``type``) on every node it runs,
+    without the traceback ``ShapeProp`` prints on failure: the failing node is remembered for
+    a one-line error instead."""
 
     failed: tuple[fx.Node, BaseException] | None = None
 
     def run_node(self, node: fx.Node):
         try:
-            return super().run_node(node)
+            result = super().run_node(node)
         except Exception as error:
             if self.failed is None:
-                self.failed = (node, error.__cause__ or error)  # ShapeProp wraps the op's error
+                self.failed = (node, error)
             raise
+        found_tensor = False
+
+        def tensor_meta(value):
+            nonlocal found_tensor
+            if isinstance(value, torch.Tensor):
+                found_tensor = True
+                return _extract_tensor_metadata(value)
+            return value
+
+        meta = map_aggregate(result, tensor_meta)
+        if found_tensor:
+            node.meta["tensor_meta"] = meta
+        node.meta["type"] = type(result)
+        return result
 
 
 def _input_error(example: torch.Tensor, where: str, cause: BaseException) -> TraceError:
@@ -159,10 +176,10 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor])
     fails on the input raises ``TraceError`` naming the node and the op's own first line."""
     was_training = gm.training
     gm.eval()
-    interpreter = _NamingShapeProp(gm)
+    interpreter = _ShapeRecorder(gm)
     try:
         with torch.no_grad():
-            interpreter.propagate(*example_inputs)
+            interpreter.run(*example_inputs)
     except Exception as error:
         if interpreter.failed is None:
             raise

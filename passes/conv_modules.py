@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from fxprune.graph import shape_of
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import fetch_attr, finalize, module_for_function
+from fxprune.rewrite import as_parameter, fetch_attr, finalize, module_for_function
 
 
 _CONV_PARAMETERS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -65,10 +65,8 @@ def _module(gm: fx.GraphModule, arguments: dict) -> nn.Conv2d | None:
     conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], kernel, arguments["stride"],
                      padding, dilation, groups, bias=arguments["bias"] is not None,
                      device=weight.device, dtype=weight.dtype)
-    conv.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
-    if arguments["bias"] is not None:
-        bias = fetch_attr(gm, arguments["bias"].target)
-        conv.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+    conv.weight = as_parameter(gm, arguments["weight"])
+    conv.bias = as_parameter(gm, arguments["bias"])
     return conv
 
 

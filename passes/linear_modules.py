@@ -17,7 +17,7 @@ from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
 
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import fetch_attr, finalize, module_for_function
+from fxprune.rewrite import as_parameter, fetch_attr, finalize, module_for_function
 
 
 def _is_constant(value) -> bool:
@@ -28,10 +28,8 @@ def _linear(gm: fx.GraphModule, weight: fx.Node, bias: fx.Node | None) -> nn.Lin
     tensor = fetch_attr(gm, weight.target)
     linear = nn.Linear(tensor.shape[1], tensor.shape[0], bias=bias is not None,
                        device=tensor.device, dtype=tensor.dtype)
-    linear.weight = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor)
-    if bias is not None:
-        value = fetch_attr(gm, bias.target)
-        linear.bias = value if isinstance(value, nn.Parameter) else nn.Parameter(value)
+    linear.weight = as_parameter(gm, weight)
+    linear.bias = as_parameter(gm, bias)
     return linear
 
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from fxprune.analysis.structure import find_structure, trunk
+from fxprune.analysis.structure import find_structure
+from fxprune.analysis.trunk import trunk
 from fxprune.macs import node_macs, total_macs
 from fxprune.models import cifar_resnet
 from fxprune.tracing import example_input, trace

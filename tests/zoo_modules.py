@@ -95,3 +95,38 @@ class ZooResNet(nn.Module):
         x = self.stage1(self.stem_bn(self.stem(x)))
         x = self.stage2(self.down_bn(self.down(x)))
         return self.head(x.mean((2, 3)))
+
+
+class CSPStage(nn.Module):
+    """A cross-stage-partial stage (CSPNet): half the channels go through residual blocks,
+    the other half around them, and a 1x1 conv mixes the two again."""
+
+    def __init__(self, channels: int, blocks: int):
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(channels, 2 * channels, 1, bias=False),
+                                    nn.BatchNorm2d(2 * channels), nn.ReLU())
+        self.blocks = nn.Sequential(*(ZooBlock(channels) for _ in range(blocks)))
+        self.mix = nn.Sequential(nn.Conv2d(2 * channels, channels, 1, bias=False),
+                                 nn.BatchNorm2d(channels), nn.ReLU())
+
+    def forward(self, x):
+        around, through = self.expand(x).chunk(2, dim=1)
+        return self.mix(torch.cat([around, self.blocks(through)], dim=1))
+
+
+class CSPNet(nn.Module):
+    """Stem, a CSP stage of three blocks, a stride-2 conv, a CSP stage of two blocks, head."""
+
+    def __init__(self, width: int = 8, classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.stage1 = CSPStage(width, 3)
+        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False),
+                                  nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.stage2 = CSPStage(2 * width, 2)
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.head(x.mean((2, 3)))

@@ -8,6 +8,7 @@ import argparse
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,3 +62,35 @@ def open_results(args: argparse.Namespace, summarize: Callable[[dict], str]
         torch.set_num_threads(args.threads)
     file = ResultsFile(args.output, summarize)
     return file, file.load()
+
+
+def run_record(script: str, argv: list[str] | None, **versions: str) -> dict:
+    """What a results file records about the run that made it: the exact command, the commit,
+    library versions, threads and machine."""
+    import platform
+    import subprocess
+
+    import onnxruntime
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    return {"command": " ".join([".venv/bin/python", script,
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "commit": commit or "unknown", "threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                         **versions}}
+
+
+def open_sweep(description: str, models: list[str], output: Path,
+               summarize: Callable[[dict], str], script: str, argv: list[str] | None,
+               **versions: str):
+    """A model sweep's command line (``--models``, ``--threads``, ``--output``) and its
+    results file, stamped with ``run_record``: returns (args, file, results)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", nargs="+", default=list(models))
+    add_run_arguments(parser, output)
+    args = parser.parse_args(argv)
+    file, results = open_results(args, summarize)
+    results.update(run_record(script, argv, **versions))
+    return args, file, results

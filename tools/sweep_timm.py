@@ -13,7 +13,6 @@ exits with status 1 when any model fails with anything other than an ``FxpruneEr
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+import timm
 import torch
 from torch import nn
 
@@ -39,7 +39,7 @@ from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.tracing import example_input, opaque_leaves, trace  # noqa: E402
 from tests.helpers import calibrate_and_randomize, randomize_adapters  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.results_file import open_sweep  # noqa: E402
 
 SIZE = (3, 128, 128)
 MODELS = (  # by family; every name is a timm 1.0 architecture
@@ -135,8 +135,6 @@ def export_check(model: nn.Module) -> dict:
 def measure(name: str) -> dict:
     """One architecture: outcome 'compressed', 'refused' (an FxpruneError, its message) or
     'failed' (anything else, with the traceback printed)."""
-    import timm
-
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10).eval()
     row = {"definition": definition_blocks(model), "export": export_check(model)}
@@ -188,7 +186,10 @@ def summarize(results: dict) -> str:
     outcomes = {kind: [name for name, row in cells.items() if row["outcome"] == kind]
                 for kind in ("compressed", "refused", "failed")}
     lines = ["# fxprune on timm CNNs (random weights, 10 classes, input 3×128×128)", "",
-             f"`{results.get('command', '.venv/bin/python tools/sweep_timm.py')}`", "",
+             f"`{results.get('command', '.venv/bin/python tools/sweep_timm.py')}` (commit "
+             f"{results.get('commit', '?')}, {results.get('threads', '?')} thread(s), "
+             f"{results.get('machine', '?')}; "
+             + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()) + ")", "",
              f"{len(cells)} architectures: **{len(outcomes['compressed'])} compressed, "
              f"{len(outcomes['refused'])} refused with one line, {len(outcomes['failed'])} "
              f"failed**. Of the {len(residual)} with residual (add) blocks, {len(good)} "
@@ -220,15 +221,8 @@ def summarize(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    add_run_arguments(parser, RESULTS)
-    args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
-    results["command"] = " ".join([".venv/bin/python", "tools/sweep_timm.py",
-                                   *(argv if argv is not None else sys.argv[1:])])
-    results["versions"] = {"torch": torch.__version__,
-                           "timm": __import__("timm").__version__}
+    args, file, results = open_sweep(__doc__.split("\n\n")[0], MODELS, RESULTS, summarize,
+                                     "tools/sweep_timm.py", argv, timm=timm.__version__)
     for name in args.models:
         results["cells"][name] = measure(name)
         file.save(results)

@@ -11,7 +11,6 @@ fails with anything other than an ``FxpruneError``.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import traceback
@@ -29,7 +28,7 @@ from fxprune.errors import FxpruneError  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.tracing import example_input  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.results_file import open_sweep  # noqa: E402
 
 MODELS = ("alexnet", "squeezenet1_0", "densenet121", "shufflenet_v2_x0_5", "mnasnet0_5",
           "googlenet", "inception_v3", "regnet_y_400mf", "convnext_tiny", "efficientnet_v2_s",
@@ -103,13 +102,8 @@ def summarize(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    add_run_arguments(parser, RESULTS)
-    args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
-    results["command"] = " ".join([".venv/bin/python", "tools/sweep_torchvision.py",
-                                   *(argv if argv is not None else sys.argv[1:])])
+    args, file, results = open_sweep(__doc__.split("\n\n")[0], MODELS, RESULTS, summarize,
+                                     "tools/sweep_torchvision.py", argv, torchvision=torchvision.__version__)
     for name in args.models:
         results["cells"][name] = {scheme: run(name, options)
                                   for scheme, options in SCHEMES.items()}

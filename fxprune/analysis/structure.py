@@ -24,15 +24,14 @@ from dataclasses import dataclass
 from itertools import groupby
 
 import networkx as nx
-import torch
 from torch import fx, nn
 
 from fxprune.adapters import Adapter
 from fxprune.errors import PreconditionError
+from fxprune.analysis.trunk import trunk
 from fxprune.graph import (conv_of, feature_shape, is_activation, is_add, is_depthwise,
-                           is_zero_pad, named_modules, output_node, tensor_inputs, to_digraph)
+                           is_zero_pad, named_modules, tensor_inputs, to_digraph)
 
-SHAPE_TYPES = (int, float, bool, torch.Size)  # results that carry shapes, never features
 BLOCK_ID_META = "fxprune.block_id"
 DROPPED_META = "fxprune.dropped_blocks"  # gm.meta: ids of the blocks dropped so far
 # gm.meta: {exit node of a dropped block: the node whose value now flows in its place}
@@ -85,6 +84,10 @@ class Block:
 class Stage:
     id: int
     blocks: tuple[Block, ...]
+    # the first node every path passes after the last block: its exit, unless the stage lies
+    # inside a multi-path region (a CSP split, a DLA tree), where the region's join; recovery
+    # cuts the network here
+    output: str
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class Structure:
         if not self.stages:
             raise PreconditionError("no stage found in this network (no residual block or conv "
                                     "unit that fxprune recognises)")
-        return self.stages[-1].blocks[-1].exit
+        return self.stages[-1].output
 
     def block(self, block_id: str) -> Block:
         for block in self.blocks:
@@ -166,41 +169,6 @@ class _View:
         its projection shortcut), which belongs to no block any more."""
         stamp = node.meta.get(BLOCK_ID_META)
         return None if stamp in self.dropped else stamp
-
-
-def constant_nodes(graph: fx.Graph) -> set[str]:
-    """Names of the nodes computed from parameters and buffers alone (``get_attr`` nodes and
-    what only they feed)."""
-    constant: set[str] = set()
-    for node in graph.nodes:
-        if node.op == "get_attr" or node.op in ("call_function", "call_method") and \
-                node.all_input_nodes and all(source.name in constant
-                                             for source in node.all_input_nodes):
-            constant.add(node.name)
-    return constant
-
-
-def trunk(graph: fx.Graph) -> list[fx.Node]:
-    """Nodes that every path of tensors from an input to the output passes through, in graph
-    order. Paths through values that are not tensors (``x.size(0)`` feeding a final ``view``)
-    carry shapes, not features, and do not count."""
-    digraph = to_digraph(graph)
-    # ShapeProp records each node's result type (nodes added by later passes have none)
-    digraph.remove_nodes_from([node.name for node in graph.nodes if node.op not in (
-        "placeholder", "output") and node.meta.get("type") in SHAPE_TYPES])
-    # parameters read as tensors (a functional linear's weight) are no paths of features
-    digraph.remove_nodes_from(constant_nodes(graph))
-    root = "__fxprune_root__"
-    for node in graph.nodes:
-        if not node.all_input_nodes:
-            digraph.add_edge(root, node.name)
-    dominators = nx.immediate_dominators(digraph, root)
-    chain, name = [], output_node(graph).name
-    while name != root:
-        chain.append(name)
-        name = dominators[name]
-    by_name = {node.name: node for node in graph.nodes}
-    return [by_name[name] for name in reversed(chain) if by_name[name].op != "output"]
 
 
 def _residual_unit(view: _View, entry: fx.Node, join: fx.Node, exit_node: fx.Node
@@ -369,7 +337,8 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
 def find_structure(gm: fx.GraphModule) -> Structure:
     """Stages and blocks of ``gm``, which must carry shapes (``fxprune.tracing.trace``)."""
     view = _View(gm)
-    units = _merge_inverted_residuals(view, _chain_units(view, trunk(view.graph)))
+    chain = trunk(view.graph)
+    units = _merge_inverted_residuals(view, _chain_units(view, chain))
     if view.stamped:
         is_block = [_stamped_id(view, unit) is not None for unit in units]
     else:
@@ -397,7 +366,9 @@ def find_structure(gm: fx.GraphModule) -> Structure:
                 shortcut_convs=unit.shortcut_convs, join=unit.join,
                 in_shape=feature_shape(view.nodes[unit.entry]),
                 out_shape=feature_shape(view.nodes[unit.exit])))
-        stages.append(Stage(id=blocks[0].stage, blocks=tuple(blocks)))
+        output = next(node.name for node in chain
+                      if view.order[node.name] >= view.order[blocks[-1].exit])
+        stages.append(Stage(id=blocks[0].stage, blocks=tuple(blocks), output=output))
     return Structure(stages=tuple(stages), stem=stem, head=head)
 
 

@@ -208,7 +208,8 @@ def _solve_layerwise(teacher, student, images, config, progress
 def _stage_targets(teacher, student, images, config):
     """Student stage-output nodes and the teacher's features there — at the channels the
     student's output still carries where it lies on a pruned residual stream."""
-    teacher_outputs = [stage.blocks[-1].exit for stage in find_structure(teacher).stages]
+    teacher_outputs = list(dict.fromkeys(stage.output  # nested stages share their region's
+                                         for stage in find_structure(teacher).stages))
     targets = run_batched(segment(teacher, [_input_name(teacher)], teacher_outputs), [images],
                           config.eval_batch_size)
     nodes = {node.name: node for node in student.graph.nodes}
@@ -250,7 +251,7 @@ def _check_schedule(teacher, student, schedule: str) -> None:
                 "are not (use placement 'paper', or the stage-wise or joint schedule)")
         return
     order = {node.name: index for index, node in enumerate(student.graph.nodes)}
-    last = max(order[stand_in(student, stage.blocks[-1].exit)]
+    last = max(order[stand_in(student, stage.output)]
                for stage in find_structure(teacher).stages)
     outside = [node.name for node in adapters if order[node.name] > last]
     if outside:

@@ -32,6 +32,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
+from fxprune.analysis.sites import nothing_to_drop
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.export import export_onnx
@@ -129,7 +130,7 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
     structure = find_structure(teacher)
     droppable = [block for block in structure.blocks if block.droppable]
     if not droppable:
-        raise FxpruneError("--drop auto: this network has no droppable block")
+        raise FxpruneError(f"--drop auto: nothing to drop: {nothing_to_drop(structure, teacher)}")
     cache = LatencyCache(config.cache)
     saved, timed = block_shares(teacher, droppable, size, config.batch, config.threads, cache)
     need = 1 - config.budget
