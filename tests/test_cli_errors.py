@@ -203,6 +203,16 @@ def test_untraceable_model(tmp_path, capsys):
     assert "gate.py" in line
 
 
+def test_model_that_rejects_the_input_shape(tmp_path, capsys):
+    path = tmp_path / "lin.py"
+    path.write_text("from torch import nn\n\ndef build():\n    return nn.Linear(3, 4)\n")
+    argv = _compress(tmp_path, "--data=noise:20", "--images=5", "--drop=rule",
+                     model=f"{path}:build")
+    line = _assert_user_error(capsys, argv, "fails on the example input (1, 3, 224, 224)",
+                              tmp_path)
+    assert "mat1 and mat2 shapes cannot be multiplied" in line and "--input-size" in line
+
+
 def test_interrupt_leaves_nothing(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         staging = next(p for p in tmp_path.iterdir() if p.name.startswith(".out."))
