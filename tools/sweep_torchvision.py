@@ -74,7 +74,8 @@ def run(name: str, scheme: dict) -> dict:
 
 def summarize(results: dict) -> str:
     lines = ["# fxprune on other torchvision classifiers (random weights)", "",
-             f"`{results.get('command', '.venv/bin/python tools/sweep_torchvision.py')}` — "
+             f"`{results.get('command', '.venv/bin/python tools/sweep_torchvision.py')}` "
+             f"(commit {results.get('commit', '?')}, {results.get('threads', '?')} thread(s)) — "
              "MAC ratio of the compressed network where a scheme applies, else the reason "
              "fxprune gives (its first clause; the JSON has the whole message); input 3×64×64 "
              "(Inception-v3: 96×96). Masks leave the dense MACs as they are.", "",
