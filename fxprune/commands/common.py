@@ -43,6 +43,13 @@ MODEL_HELP = ("torchvision:<builder>, cifar:resnet<depth>, efficientnet:lite0, t
               " path/to/file.py:callable or package.module:callable")
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="T",
+                        help="torch threads for recovery, finetuning and evaluation (default: "
+                             "the cores the load average leaves free, at least 1: two threads "
+                             "sharing one free core run 2-3x slower than one)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, metavar: str = "MODEL",
                         help: str = MODEL_HELP) -> None:
     parser.add_argument("model", metavar=metavar, help=help)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from fxprune.commands.common import add_model_arguments, atomic_output, positive_int
+from fxprune.commands.common import (add_model_arguments, add_threads_argument, atomic_output,
+                                     positive_int)
 from fxprune.pipeline import FINETUNES, RECOVERIES, compress, resolve_device
 from fxprune.datasets import open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError, FxpruneWarning
@@ -29,6 +30,7 @@ from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
 from fxprune.report import setbacks, write_report
 from fxprune.saving import MODEL_FILE
 from fxprune.selection import STRATEGIES, SelectionConfig
+from fxprune.threads import torch_threads
 from fxprune.tracing import run_example
 
 LATENCY_BUDGET_S = 20.0  # the report's latencies are a guide; `fxprune bench` measures properly
@@ -105,9 +107,10 @@ def register(commands) -> None:
     parser.add_argument("--bench-batch", "--batch", type=positive_int, default=1, metavar="B",
                         help="batch size of the ONNX Runtime latencies: the report's and "
                              "--drop auto's (default 1)")
-    parser.add_argument("--bench-threads", "--threads", type=positive_int, default=1, metavar="T",
+    parser.add_argument("--bench-threads", type=positive_int, default=1, metavar="T",
                         help="ONNX Runtime threads for the report's latencies and --drop auto "
                              "(default 1)")
+    add_threads_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--force", action="store_true", help="replace an existing --out folder")
     parser.set_defaults(run=run)
@@ -133,7 +136,7 @@ def _check_labels(model, example, *pools) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with atomic_output(args.out, args.force) as staging:
+    with atomic_output(args.out, args.force) as staging, torch_threads(args.threads):
         report = compress_to(args, staging)
     _print_summary(report, args.out)
     return 0
@@ -232,6 +235,7 @@ def compress_to(args: argparse.Namespace, folder: Path) -> dict:
     samples = _latencies(stages, size, shipped, args.bench_batch, args.bench_threads)
     report["latency"] = {"runtime": "onnxruntime", "batch": args.bench_batch,
                          "threads": args.bench_threads}
+    report["torch_threads"] = torch.get_num_threads()
     for key, times in samples.items():
         timing = Timing.of(times)
         report[key].update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms,

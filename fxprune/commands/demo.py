@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fxprune.commands.common import atomic_output
+from fxprune.commands.common import add_threads_argument, atomic_output
 from fxprune.commands.compress import compress_to
 from fxprune.download import cifar10_folder, cifar_resnet_weights
 from fxprune.recovery.practise import RecoveryConfig
 from fxprune.report import latency_ratio
+from fxprune.threads import torch_threads
 
 MODEL = "cifar:resnet56"
 
@@ -30,6 +31,7 @@ def register(commands) -> None:
     parser.add_argument("--weights",
                         help="ResNet-56 weights (default: from the data folder or downloaded)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    add_threads_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         quantize="int8")
     print(f"fxprune demo: {MODEL}, dropping the paper's blocks, recovering from {args.images} "
           f"unlabelled images of {data} (a minute or two on a laptop CPU)")
-    with atomic_output(args.out, args.force) as staging:
+    with atomic_output(args.out, args.force) as staging, torch_threads(args.threads):
         report = compress_to(compress_args, staging)
     print(summary(report, args.out))
     return 0
