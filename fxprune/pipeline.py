@@ -21,7 +21,8 @@ import torch
 from torch import fx, nn
 
 from fxprune.analysis.channels import coupled_maps, prunable_maps
-from fxprune.analysis.sites import drop_sites, nothing_to_drop
+from fxprune.analysis.droppable import nothing_to_drop
+from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import Structure, find_structure, stand_in
 from fxprune.errors import FxpruneError, FxpruneWarning, PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, owns_module,
@@ -64,7 +65,7 @@ def resolve_drop(structure: Structure, drop: str | Sequence[str] | None,
         raise FxpruneError(f"nothing to drop: {nothing_to_drop(structure, gm)}")
     if not ids:
         raise FxpruneError(f"nothing to drop ({drop!r} names no block); droppable blocks: "
-                           f"{', '.join(b.id for b in structure.blocks if b.droppable)}")
+                           f"{', '.join(b.id for b in structure.blocks if b.droppable) or 'none'}")
     if len(set(ids)) != len(ids):
         raise FxpruneError(f"block ids repeat in {ids}")
     for block_id in ids:

@@ -20,9 +20,19 @@ def unique_module_name(gm: fx.GraphModule, stem: str) -> str:
     return f"{stem}_{index}"
 
 
+def mutates(node: fx.Node) -> bool:
+    """``node`` may change a tensor in place (``x.mul_(g)``, ``torch.relu_``,
+    ``inplace=True``) or has another side effect: not dead even when nothing reads its
+    result. torch.fx deems every method call pure, so in-place ones are recognised by name."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    in_place = node.op in ("call_function", "call_method") and (
+        name.endswith("_") and not name.endswith("__") or node.kwargs.get("inplace") is True)
+    return in_place or node.is_impure()
+
+
 def finalize(gm: fx.GraphModule) -> fx.GraphModule:
-    """Remove dead nodes and modules, check and recompile."""
-    gm.graph.eliminate_dead_code()
+    """Remove dead nodes (never ones that mutate) and modules, check and recompile."""
+    gm.graph.eliminate_dead_code(is_impure_node=mutates)
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
@@ -86,11 +96,12 @@ def fetch_attr(gm: fx.GraphModule, target: str):
 
 def as_parameter(gm: fx.GraphModule, node: fx.Node | None) -> nn.Parameter | None:
     """The tensor a ``get_attr`` node reads, as a parameter of a new module: the same
-    ``Parameter`` object when it is one (so it stays shared), else wrapping the buffer."""
+    ``Parameter`` object when it is one (so it stays shared and trainable), else the buffer
+    wrapped without gradient — a fixed filter (a blur) or a folded constant stays fixed."""
     if node is None:
         return None
     value = fetch_attr(gm, node.target)
-    return value if isinstance(value, nn.Parameter) else nn.Parameter(value)
+    return value if isinstance(value, nn.Parameter) else nn.Parameter(value, requires_grad=False)
 
 
 def module_for_function(gm: fx.GraphModule, node: fx.Node, module: nn.Module, stem: str,

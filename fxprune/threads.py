@@ -17,11 +17,20 @@ from contextlib import contextmanager
 import torch
 
 
-def free_cores() -> int:
-    """Cores not kept busy by other processes (1-minute load average), at least 1."""
-    cores = os.cpu_count() or 1
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or ``taskset``'s, not the host's)."""
     try:
-        busy = round(os.getloadavg()[0])
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def free_cores() -> int:
+    """Usable cores not kept busy by other processes (1-minute load average, rounded half
+    up), at least 1."""
+    cores = usable_cores()
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
     except OSError:  # no load average on this platform
         busy = 0
     return max(1, min(cores, cores - busy))

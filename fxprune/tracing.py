@@ -22,7 +22,8 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from fxprune.errors import FxpruneWarning, TraceError
 from fxprune.graph import parameter_dtype
 
-AUTO_LEAVES_META = "fxprune.auto_leaves"  # gm.meta: {module path: why it stayed opaque}
+# gm.meta: {module path: (why it could not be traced, its class then)}
+AUTO_LEAVES_META = "fxprune.auto_leaves"
 
 
 class _LeafTracer(fx.Tracer):
@@ -41,11 +42,17 @@ class _LeafTracer(fx.Tracer):
         self._auto_leaf = auto_leaf
         self.failed_module: str | None = None  # innermost module whose forward raised
         self.auto_leaves: dict[str, str] = {}  # module path -> why it could not be traced
+        self.leaf_types: dict[str, type] = {}  # module path -> its class when it became a leaf
+        self._parameter_proxies: dict = {}  # torch.fx's cache of get_attr proxies
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         if isinstance(module, self._leaf_types) or qualified_name in self._leaf_paths:
             return True
         return super().is_leaf_module(module, qualified_name)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        self._parameter_proxies = parameter_proxy_cache  # forgotten with a failed attempt
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def call_module(self, module, forward, args, kwargs):
         marker = _last_node(self.graph)
@@ -58,19 +65,36 @@ class _LeafTracer(fx.Tracer):
                 if self.failed_module is None:
                     self.failed_module = path
                 raise
-            self._forget_after(marker)
+            erased = self._forget_after(marker)
+            if _reads_any(args, kwargs, erased):  # e.g. a list the failed forward appended to
+                raise
             self.module_stack.clear()
             self.module_stack.update(stack)
             self.num_calls = calls
             self._leaf_paths.add(path)
             message = str(error).split(". ")[0].splitlines()[0] if str(error) else ""
             self.auto_leaves[path] = f"{type(module).__name__}{_user_frame(error)}: {message}"
+            self.leaf_types[path] = type(module)
             return super().call_module(module, forward, args, kwargs)
 
-    def _forget_after(self, marker: fx.Node | None) -> None:
-        """Erase the nodes a failed attempt recorded after ``marker``, newest first."""
+    def _forget_after(self, marker: fx.Node | None) -> set[fx.Node]:
+        """Erase the nodes a failed attempt recorded after ``marker``, newest first, and the
+        cached parameter proxies that pointed at them; returns the erased nodes."""
+        erased = set()
         while (last := _last_node(self.graph)) is not marker:
             self.graph.erase_node(last)
+            erased.add(last)
+        for key in [key for key, proxy in self._parameter_proxies.items()
+                    if proxy.node in erased]:
+            del self._parameter_proxies[key]
+        return erased
+
+
+def _reads_any(args, kwargs, nodes: set[fx.Node]) -> bool:
+    found = []
+    fx.node.map_aggregate((args, kwargs), lambda value: found.append(
+        isinstance(value, fx.Proxy) and value.node in nodes))
+    return any(found)
 
 
 def _last_node(graph: fx.Graph) -> fx.Node | None:
@@ -112,7 +136,8 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[type | str] = (),
             f"Mark it as a leaf (leaf_modules=[...] / --leaf {where or 'MODULE'}) so it stays opaque."
         ) from error
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    gm.meta[AUTO_LEAVES_META] = dict(tracer.auto_leaves)
+    gm.meta[AUTO_LEAVES_META] = {path: (why, tracer.leaf_types[path])
+                                 for path, why in tracer.auto_leaves.items()}
     return gm
 
 
@@ -216,14 +241,17 @@ def trace(model: nn.Module, input_size: Sequence[int], leaf_modules: Iterable[ty
         from fxprune.canonical import canonicalize  # the passes import this module
         propagate_shapes(canonicalize(gm), example)
     if opaque := opaque_leaves(gm):
-        listing = "; ".join(f"{path} ({gm.meta[AUTO_LEAVES_META][path]})" for path in opaque)
+        listing = "; ".join(f"{path} ({gm.meta[AUTO_LEAVES_META][path][0]})" for path in opaque)
         warnings.warn(f"kept opaque (torch.fx cannot trace them; the analysis sees each as one "
                       f"op): {listing}", FxpruneWarning, stacklevel=2)
     return gm
 
 
 def opaque_leaves(gm: fx.GraphModule) -> list[str]:
-    """The modules ``trace`` could not trace that are still opaque: canonicalization may have
-    replaced one by plain torch.nn modules (a TF-'SAME' conv becomes pad + conv)."""
-    return sorted(path for path in gm.meta.get(AUTO_LEAVES_META, {})
-                  if not type(gm.get_submodule(path)).__module__.startswith("torch.nn."))
+    """The modules ``trace`` could not trace that the graph still calls as they were:
+    canonicalization may have replaced one (a TF-'SAME' conv becomes pad + conv), a leaf
+    inside a later leaf is no longer called, and dead ones are gone."""
+    modules = dict(gm.named_modules())
+    called = {node.target for node in gm.graph.nodes if node.op == "call_module"}
+    return sorted(path for path, (_, kind) in gm.meta.get(AUTO_LEAVES_META, {}).items()
+                  if path in called and type(modules.get(path)) is kind)

@@ -22,7 +22,7 @@ from torch.fx.operator_schemas import normalize_function
 
 from fxprune.graph import shape_of
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import fetch_attr, finalize, module_for_function
+from fxprune.rewrite import as_parameter, fetch_attr, finalize, module_for_function
 
 _STATE = ("running_mean", "running_var", "weight", "bias")
 
@@ -51,9 +51,9 @@ def _module(gm: fx.GraphModule, state: dict) -> nn.BatchNorm2d:
     mean = fetch_attr(gm, state["running_mean"].target)
     bn = nn.BatchNorm2d(mean.numel(), eps=state["eps"], momentum=state["momentum"],
                         affine=state["weight"] is not None, device=mean.device, dtype=mean.dtype)
-    for name in _STATE:
-        if state[name] is not None:
-            setattr(bn, name, fetch_attr(gm, state[name].target))
+    bn.running_mean, bn.running_var = mean, fetch_attr(gm, state["running_var"].target)
+    if state["weight"] is not None:
+        bn.weight, bn.bias = as_parameter(gm, state["weight"]), as_parameter(gm, state["bias"])
     return bn.eval()
 
 

@@ -8,8 +8,10 @@ Only a module is a conv to the analysis and a target for folding adapters and BN
 (it needs an even ``dilation·(k−1)``). The module takes over the same tensors (a ``get_attr``
 of a parameter stays that parameter; a folded buffer becomes a parameter of the module).
 
-Does not fire when the weight or bias is computed from the input, for odd 'same' padding, or
-on inputs that are not 4-D. A second run finds only modules.
+Does not fire when the weight or bias is computed from the input, when a stride, padding,
+dilation or group count is (it comes from the input's shape), for odd 'same' padding, or on
+inputs that are not 4-D. A buffer weight (a fixed blur filter) stays fixed: the module's
+parameter is created without gradient. A second run finds only modules.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def _conv_arguments(node: fx.Node) -> dict | None:
     constant = [isinstance(weight, fx.Node) and weight.op == "get_attr",
                 bias is None or isinstance(bias, fx.Node) and bias.op == "get_attr"]
     input_shape = shape_of(arguments["input"])
-    if not all(constant) or input_shape is None or len(input_shape) != 4:
-        return None
+    settings = [arguments[name] for name in ("stride", "padding", "dilation", "groups")]
+    if not all(constant) or input_shape is None or len(input_shape) != 4 or any(
+            isinstance(value, fx.Node) or isinstance(value, (tuple, list)) and any(
+                isinstance(part, fx.Node) for part in value) for value in settings):
+        return None  # a stride or padding computed from the input is not a module's
     return arguments
 
 

@@ -7,11 +7,13 @@ gain``, NF-ResNet and BiT convs), a layer scale reshaped for broadcasting. Each 
 feeds a node depending on the input becomes a ``get_attr`` of a new buffer holding its value,
 so that what remains is a plain ``conv2d(x, W')`` the later canonical passes can turn into a
 module. Exact up to the order of float operations (the same ops run once, in the graph's dtype).
-The original parameters stay frozen in fxprune's recovery, so nothing that trains is lost.
+A folded value is fixed from then on: recovery freezes the original weights anyway, and a
+finetune trains the modules' parameters, not a standardised weight's or a layer scale's source
+(the source, read by nothing any more, is removed so it is not counted as a parameter).
 
-Does not fire on graphs without such nodes; ops with side effects or randomness and nodes
-without inputs (``torch.randn(...)``, ``torch.zeros(...)`` built from shapes) are never folded,
-nor results that are not tensors. A second run finds only ``get_attr`` constants.
+Does not fire on graphs without such nodes; ops that mutate or have other side effects, random
+ops and nodes without inputs (``torch.randn(...)``, ``torch.zeros(...)`` built from shapes) are
+never folded, nor results that are not tensors. A second run finds only ``get_attr`` constants.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import fx
 
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import fetch_attr, finalize, free_child_name
+from fxprune.rewrite import fetch_attr, finalize, free_child_name, mutates
 
 _RANDOM_FUNCTIONS = {torch.rand, torch.randn, torch.randint, torch.bernoulli, torch.normal,
                      torch.rand_like, torch.randn_like, torch.dropout, torch.nn.functional.dropout}
@@ -37,7 +39,7 @@ def _constant_values(gm: fx.GraphModule) -> tuple[dict[fx.Node, object], dict[fx
             owners[node] = {node.target.rpartition(".")[0]}
             continue
         if node.op not in ("call_function", "call_method") or not node.all_input_nodes or \
-                node.is_impure() or node.target in _RANDOM_FUNCTIONS or \
+                mutates(node) or node.target in _RANDOM_FUNCTIONS or \
                 any(source not in values for source in node.all_input_nodes):
             continue
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), values.__getitem__)
@@ -66,5 +68,18 @@ class FoldConstants(PassBase):
             constant.meta = dict(node.meta)
             node.replace_all_uses_with(constant)
         if folded:
+            read_before = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
             finalize(gm)
+            _remove_unread(gm, read_before)
         return PassResult(gm, bool(folded))
+
+
+def _remove_unread(gm: fx.GraphModule, targets: set[str]) -> None:
+    """Delete the tensors in ``targets`` that no ``get_attr`` reads any more, unless their
+    module is still called (its own forward reads them)."""
+    read = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
+    called = {node.target for node in gm.graph.nodes if node.op == "call_module"}
+    for target in targets - read:
+        owner, _, name = target.rpartition(".")
+        if owner not in called:
+            delattr(gm.get_submodule(owner), name)

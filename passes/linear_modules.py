@@ -6,8 +6,8 @@ parameters), which traces into ``get_attr`` nodes instead of a module: the class
 counts for no MACs and is no module to export or inspect. The module takes over the same
 tensors (see ``install_module`` for its path).
 
-Does not fire when the weight or bias is computed from the input; a second run finds only
-modules.
+Does not fire when the weight or bias is computed from the input, or the weight is not a
+matrix; a second run finds only modules.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class LinearModules(PassBase):
                                        normalize_to_only_use_kwargs=True)
             weight, bias = (bound.kwargs["weight"], bound.kwargs.get("bias")) if bound else (
                 None, None)
-            if not _is_constant(weight) or not (bias is None or _is_constant(bias)):
+            if not _is_constant(weight) or not (bias is None or _is_constant(bias)) or \
+                    fetch_attr(gm, weight.target).dim() != 2:
                 continue
             reads = {weight} | ({bias} if bias is not None else set())
             module_for_function(gm, node, _linear(gm, weight, bias), "linear", reads,

@@ -213,3 +213,47 @@ def test_block_with_dropped_checks_has_no_side_paths():
     gm = trace(ZooBlock(4).eval(), (4, 8, 8))
     assert all(len(node.users) == 1 for node in gm.graph.nodes if node.op == "call_module"
                and isinstance(module_of(node, named_modules(gm)), nn.Conv2d))
+
+
+class BlurThenInPlace(nn.Module):
+    """A fixed blur filter held as a buffer (timm's BlurPool2d), an in-place add whose result
+    nobody reads, a layer scale reshaped in the forward, and a dropout to bypass."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("filt", torch.ones(3, 1, 3, 3) / 9)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, 3))
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x):
+        y = F.conv2d(x, self.filt, padding=1, groups=3)
+        y.add_(1.0)  # mutates y: not dead although its result is unused
+        return self.drop(y * self.gamma.reshape(1, -1, 1, 1))
+
+
+def test_buffers_stay_fixed_mutations_stay_and_folded_sources_go():
+    model = BlurThenInPlace().eval()
+    x = example_input(SIZE, batch=2)
+    gm = trace(model, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-6, atol=1e-6)
+    assert any(node.target == "add_" for node in gm.graph.nodes)
+    blur = next(m for m in gm.modules() if isinstance(m, nn.Conv2d))
+    assert blur.groups == 3 and not blur.weight.requires_grad  # a fixed filter stays fixed
+    assert [name for name, p in gm.named_parameters() if p.requires_grad] == []  # gamma folded
+
+
+class BufferAffineNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        for name, value in (("mean", torch.zeros(6)), ("var", torch.ones(6) * 2),
+                            ("scale", torch.ones(6) * 3), ("shift", torch.ones(6))):
+            self.register_buffer(name, value)
+
+    def forward(self, x):
+        return F.batch_norm(x, self.mean, self.var, self.scale, self.shift, False, 0.1, 1e-5)
+
+
+def test_batchnorm_with_buffer_affine_becomes_a_module():
+    gm = _check(BatchNormModules(), ConvThen(BufferAffineNorm()))
+    assert isinstance(gm.then, nn.BatchNorm2d) and not gm.then.weight.requires_grad

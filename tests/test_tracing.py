@@ -111,3 +111,35 @@ def test_train_mode_model_is_traced_in_eval_mode():
     with torch.no_grad():
         torch.testing.assert_close(gm(x), gm(x), rtol=0, atol=0)
         torch.testing.assert_close(gm(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+class ReadsThenBranches(nn.Module):
+    """Reads its parameter, then branches on a value: the read made before the failure must
+    not survive into the graph as a reference to an erased node."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1, 3, 1, 1), 0.5))
+
+    def forward(self, x):
+        y = x * self.scale
+        return y if y.sum() > 0 else -y
+
+
+class SharesTheParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate = ReadsThenBranches()
+
+    def forward(self, x):
+        return self.gate(x) + self.gate.scale  # the same parameter, read again after the leaf
+
+
+def test_parameter_read_by_a_failed_attempt_is_read_again_cleanly():
+    model = SharesTheParameter().eval()
+    with pytest.warns(FxpruneWarning, match="gate"):
+        gm = trace(model, (3, 4, 4))
+    gm.graph.lint()
+    x = example_input((3, 4, 4), batch=2)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    torch.testing.assert_close(gm(-x), model(-x), rtol=0, atol=0)

@@ -242,8 +242,8 @@ def summarize(results: dict) -> str:
              f"Front ends: fxprune's torch.fx trace with canonicalization captures "
              f"{len(traced)}, `torch.export` (non-strict) {len(exported)} of {len(cells)}.", "",
              "Definition: blocks per timm stage container; found: fxprune's stages (runs of "
-             "blocks with one output shape); `≠`: neither per stage nor in total as the definition, "
-             "`(=Σ)`: the same total, grouped otherwise. Fold errors are the worst over the "
+             "blocks with one output shape); `≠`: neither per stage nor in total as the "
+             "definition, `(=Σ)`: the same total, grouped otherwise. Fold errors are the worst over the "
              "paper's and the CVPR placement, relative to the output's largest magnitude; "
              "float32 is against the float64 unfolded output, and where random weights make the "
              "network itself round worse than 1e-4 in float32 (its `fp32_rounding` in the "

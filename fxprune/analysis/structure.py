@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from fxprune.adapters import Adapter
 from fxprune.errors import PreconditionError
-from fxprune.analysis.trunk import trunk
+from fxprune.analysis.trunk import non_feature_nodes, trunk
 from fxprune.graph import (conv_of, feature_shape, is_activation, is_add, is_depthwise,
                            is_zero_pad, named_modules, tensor_inputs, to_digraph)
 
@@ -147,6 +147,7 @@ class _View:
         self.dropped = frozenset(gm.meta.get(DROPPED_META, ()))
         self.stamped = bool(self.dropped)
         self.walked: set[tuple[str, str]] = set()  # (entry, operand) paths already walked
+        self.non_features = non_feature_nodes(gm.graph)
 
     def between(self, start: str, end: str) -> set[str]:
         """Nodes on some path from ``start`` to ``end``, both excluded."""
@@ -216,8 +217,10 @@ def _nested(view: _View, start: fx.Node, end: fx.Node) -> bool:
 
 
 def _branch_chain(view: _View, entry: fx.Node, operand: fx.Node) -> list[fx.Node]:
-    """The nodes every path from ``entry`` to ``operand`` passes through, both included."""
-    names = view.between(entry.name, operand.name) | {entry.name, operand.name}
+    """The nodes every path of features from ``entry`` to ``operand`` passes through, both
+    included (a size read at the entry is no second path)."""
+    names = (view.between(entry.name, operand.name) - view.non_features) | {
+        entry.name, operand.name}
     dominators = nx.immediate_dominators(view.digraph.subgraph(names), entry.name)
     chain = [operand.name]
     while chain[-1] != entry.name:
@@ -229,8 +232,9 @@ def _nested_units(view: _View, entry: fx.Node, join: fx.Node) -> list[_Unit]:
     """Units along each path from ``entry`` into ``join`` (operands in graph order), each
     region walked once: paths of a densely connected region share their regions."""
     units: list[_Unit] = []
+    reachable = nx.descendants(view.digraph, entry.name)
     for operand in sorted(tensor_inputs(join), key=lambda node: view.order[node.name]):
-        if operand is not entry and (entry.name, operand.name) not in view.walked:
+        if operand.name in reachable and (entry.name, operand.name) not in view.walked:
             view.walked.add((entry.name, operand.name))
             units += [unit for unit in _chain_units(view, _branch_chain(view, entry, operand))
                       if unit.exit not in {known.exit for known in units}]
@@ -366,8 +370,9 @@ def find_structure(gm: fx.GraphModule) -> Structure:
                 shortcut_convs=unit.shortcut_convs, join=unit.join,
                 in_shape=feature_shape(view.nodes[unit.entry]),
                 out_shape=feature_shape(view.nodes[unit.exit])))
-        output = next(node.name for node in chain
-                      if view.order[node.name] >= view.order[blocks[-1].exit])
+        output = next((node.name for node in chain
+                       if view.order[node.name] >= view.order[blocks[-1].exit]),
+                      blocks[-1].exit)  # a region that ends at the graph's output
         stages.append(Stage(id=blocks[0].stage, blocks=tuple(blocks), output=output))
     return Structure(stages=tuple(stages), stem=stem, head=head)
 

@@ -29,16 +29,21 @@ def constant_nodes(graph: fx.Graph) -> set[str]:
     return constant
 
 
+def non_feature_nodes(graph: fx.Graph) -> set[str]:
+    """Names of the nodes that carry shapes or parameters, not features: results typed as
+    shapes by shape propagation (nodes added by later passes have no type) and constants."""
+    shapes = {node.name for node in graph.nodes if node.op not in ("placeholder", "output")
+              and node.meta.get("type") in SHAPE_TYPES}
+    return shapes | constant_nodes(graph)
+
+
 def trunk(graph: fx.Graph) -> list[fx.Node]:
     """Nodes that every path of tensors from an input to the output passes through, in graph
     order. Paths through values that are not tensors (``x.size(0)`` feeding a final ``view``)
     carry shapes, not features, and do not count."""
     digraph = to_digraph(graph)
-    # ShapeProp records each node's result type (nodes added by later passes have none)
-    digraph.remove_nodes_from([node.name for node in graph.nodes if node.op not in (
-        "placeholder", "output") and node.meta.get("type") in SHAPE_TYPES])
-    # parameters read as tensors (a functional linear's weight) are no paths of features
-    digraph.remove_nodes_from(constant_nodes(graph))
+    # a size feeding a final view, a functional linear's weight: no paths of features
+    digraph.remove_nodes_from(non_feature_nodes(graph))
     root = "__fxprune_root__"
     for node in graph.nodes:
         if not node.all_input_nodes:

@@ -51,7 +51,7 @@ def register(commands) -> None:
                              "'auto' (chosen under --budget)")
     parser.add_argument("--budget", type=float, metavar="R",
                         help="with --drop auto: ONNX Runtime latency at most R x the "
-                             "original's, at --batch and --threads")
+                             "original's, at --bench-batch and --bench-threads")
     parser.add_argument("--select", choices=STRATEGIES,
                         help="with --drop auto: re-score the chosen set each round (greedy, "
                              "default) or rank blocks scored alone")

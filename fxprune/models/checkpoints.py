@@ -42,14 +42,15 @@ def _unwrap(content: object) -> Mapping[str, object] | None:
     return None
 
 
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    """A ``.safetensors`` file (the format of the Hugging Face hub, where timm's weights live)."""
+def _safetensors_loader():
+    """The reader of ``.safetensors`` files (the format of the Hugging Face hub, where timm's
+    weights live)."""
     try:
         from safetensors.torch import load_file
     except ImportError as error:
-        raise WeightsError(f"reading {path} needs the package safetensors (pip install "
-                           "safetensors; timm installs it)") from error
-    return load_file(str(path), device="cpu")
+        raise WeightsError("reading .safetensors files needs the package safetensors (pip "
+                           "install safetensors; timm installs it)") from error
+    return lambda path: load_file(str(path), device="cpu")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -61,11 +62,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    load = _safetensors_loader() if path.suffix == ".safetensors" else \
+        lambda file: torch.load(file, map_location="cpu", weights_only=True)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before failing
             warnings.simplefilter("ignore")
-            content = _load_safetensors(path) if path.suffix == ".safetensors" else \
-                torch.load(path, map_location="cpu", weights_only=True)
+            content = load(path)
     except Exception as exc:  # torch.load raises many types on garbled or unsafe input
         # the loaders' own messages run to several paragraphs; the cause is kept as __cause__
         raise WeightsError(f"cannot read weights file {path}: not a torch.save checkpoint of "

@@ -39,7 +39,7 @@ def timm_model(name: str, weights: str | Path | None
                ) -> tuple[nn.Module, tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
     """The eval-mode model, its input size, mean and std (from timm's pretrained config)."""
     timm = _timm()
-    if name not in timm.list_models():
+    if not timm.is_model(name):  # an architecture, or one with a pretrained tag (resnet50.a1_in1k)
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise ModelSpecError(f"unknown timm architecture {name!r} in spec 'timm:{name}'{hint}")

@@ -32,7 +32,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
-from fxprune.analysis.sites import nothing_to_drop
+from fxprune.analysis.droppable import nothing_to_drop
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.export import export_onnx
