@@ -104,6 +104,22 @@ def as_parameter(gm: fx.GraphModule, node: fx.Node | None) -> nn.Parameter | Non
     return value if isinstance(value, nn.Parameter) else nn.Parameter(value, requires_grad=False)
 
 
+def modules_for_functions(gm: fx.GraphModule, replacement) -> bool:
+    """Replace every node for which ``replacement(gm, node)`` gives ``(module, stem, reads,
+    data)`` by a call of that module (``module_for_function``); finalize when any was
+    replaced, and say whether one was. The loop of the passes that make modules of
+    functional calls (batch norm, conv, linear)."""
+    modified = False
+    for node in list(gm.graph.nodes):
+        found = replacement(gm, node)
+        if found is not None:
+            module_for_function(gm, node, *found)
+            modified = True
+    if modified:
+        finalize(gm)
+    return modified
+
+
 def module_for_function(gm: fx.GraphModule, node: fx.Node, module: nn.Module, stem: str,
                         reads: set[fx.Node], data: fx.Node) -> fx.Node:
     """Replace the functional call ``node`` on ``data`` by a call of ``module``, which takes

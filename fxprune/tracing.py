@@ -41,8 +41,8 @@ class _LeafTracer(fx.Tracer):
         self._leaf_paths = set(leaf_paths)
         self._auto_leaf = auto_leaf
         self.failed_module: str | None = None  # innermost module whose forward raised
-        self.auto_leaves: dict[str, str] = {}  # module path -> why it could not be traced
-        self.leaf_types: dict[str, type] = {}  # module path -> its class when it became a leaf
+        # module path -> (why it could not be traced, its class when it became a leaf)
+        self.auto_leaves: dict[str, tuple[str, type]] = {}
         self._parameter_proxies: dict = {}  # torch.fx's cache of get_attr proxies
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
@@ -73,8 +73,8 @@ class _LeafTracer(fx.Tracer):
             self.num_calls = calls
             self._leaf_paths.add(path)
             message = str(error).split(". ")[0].splitlines()[0] if str(error) else ""
-            self.auto_leaves[path] = f"{type(module).__name__}{_user_frame(error)}: {message}"
-            self.leaf_types[path] = type(module)
+            self.auto_leaves[path] = (
+                f"{type(module).__name__}{_user_frame(error)}: {message}", type(module))
             return super().call_module(module, forward, args, kwargs)
 
     def _forget_after(self, marker: fx.Node | None) -> set[fx.Node]:
@@ -92,9 +92,8 @@ class _LeafTracer(fx.Tracer):
 
 def _reads_any(args, kwargs, nodes: set[fx.Node]) -> bool:
     found = []
-    fx.node.map_aggregate((args, kwargs), lambda value: found.append(
-        isinstance(value, fx.Proxy) and value.node in nodes))
-    return any(found)
+    map_aggregate((args, kwargs), found.append)
+    return any(isinstance(value, fx.Proxy) and value.node in nodes for value in found)
 
 
 def _last_node(graph: fx.Graph) -> fx.Node | None:
@@ -136,8 +135,7 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[type | str] = (),
             f"Mark it as a leaf (leaf_modules=[...] / --leaf {where or 'MODULE'}) so it stays opaque."
         ) from error
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    gm.meta[AUTO_LEAVES_META] = {path: (why, tracer.leaf_types[path])
-                                 for path, why in tracer.auto_leaves.items()}
+    gm.meta[AUTO_LEAVES_META] = dict(tracer.auto_leaves)
     return gm
 
 

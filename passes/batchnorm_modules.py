@@ -22,7 +22,7 @@ from torch.fx.operator_schemas import normalize_function
 
 from fxprune.graph import shape_of
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import as_parameter, fetch_attr, finalize, module_for_function
+from fxprune.rewrite import as_parameter, fetch_attr, modules_for_functions
 
 _STATE = ("running_mean", "running_var", "weight", "bias")
 
@@ -57,16 +57,14 @@ def _module(gm: fx.GraphModule, state: dict) -> nn.BatchNorm2d:
     return bn.eval()
 
 
+def _replacement(gm: fx.GraphModule, node: fx.Node):
+    state = _batchnorm_state(node)
+    if state is None:
+        return None
+    reads = {state[name] for name in _STATE if state[name] is not None}
+    return _module(gm, state), "bn", reads, state["input"]
+
+
 class BatchNormModules(PassBase):
     def call(self, gm: fx.GraphModule) -> PassResult:
-        modified = False
-        for node in list(gm.graph.nodes):
-            state = _batchnorm_state(node)
-            if state is None:
-                continue
-            reads = {state[name] for name in _STATE if state[name] is not None}
-            module_for_function(gm, node, _module(gm, state), "bn", reads, state["input"])
-            modified = True
-        if modified:
-            finalize(gm)
-        return PassResult(gm, modified)
+        return PassResult(gm, modules_for_functions(gm, _replacement))

@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from fxprune.graph import shape_of
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import as_parameter, fetch_attr, finalize, module_for_function
+from fxprune.rewrite import as_parameter, fetch_attr, modules_for_functions
 
 
 _CONV_PARAMETERS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -75,17 +75,15 @@ def _module(gm: fx.GraphModule, arguments: dict) -> nn.Conv2d | None:
     return conv
 
 
+def _replacement(gm: fx.GraphModule, node: fx.Node):
+    arguments = _conv_arguments(node)
+    conv = _module(gm, arguments) if arguments is not None else None
+    if conv is None:
+        return None
+    reads = {arguments["weight"]} | ({arguments["bias"]} if arguments["bias"] else set())
+    return conv, "conv", reads, arguments["input"]
+
+
 class ConvModules(PassBase):
     def call(self, gm: fx.GraphModule) -> PassResult:
-        modified = False
-        for node in list(gm.graph.nodes):
-            arguments = _conv_arguments(node)
-            conv = _module(gm, arguments) if arguments is not None else None
-            if conv is None:
-                continue
-            reads = {arguments["weight"]} | ({arguments["bias"]} if arguments["bias"] else set())
-            module_for_function(gm, node, conv, "conv", reads, arguments["input"])
-            modified = True
-        if modified:
-            finalize(gm)
-        return PassResult(gm, modified)
+        return PassResult(gm, modules_for_functions(gm, _replacement))

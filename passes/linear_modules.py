@@ -17,7 +17,7 @@ from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
 
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.rewrite import as_parameter, fetch_attr, finalize, module_for_function
+from fxprune.rewrite import as_parameter, fetch_attr, modules_for_functions
 
 
 def _is_constant(value) -> bool:
@@ -33,23 +33,19 @@ def _linear(gm: fx.GraphModule, weight: fx.Node, bias: fx.Node | None) -> nn.Lin
     return linear
 
 
+def _replacement(gm: fx.GraphModule, node: fx.Node):
+    if node.op != "call_function" or node.target is not F.linear:
+        return None
+    bound = normalize_function(node.target, node.args, node.kwargs,
+                               normalize_to_only_use_kwargs=True)
+    weight, bias = (bound.kwargs["weight"], bound.kwargs.get("bias")) if bound else (None, None)
+    if not _is_constant(weight) or not (bias is None or _is_constant(bias)) or \
+            fetch_attr(gm, weight.target).dim() != 2:
+        return None
+    reads = {weight} | ({bias} if bias is not None else set())
+    return _linear(gm, weight, bias), "linear", reads, bound.kwargs["input"]
+
+
 class LinearModules(PassBase):
     def call(self, gm: fx.GraphModule) -> PassResult:
-        modified = False
-        for node in list(gm.graph.nodes):
-            if node.op != "call_function" or node.target is not F.linear:
-                continue
-            bound = normalize_function(node.target, node.args, node.kwargs,
-                                       normalize_to_only_use_kwargs=True)
-            weight, bias = (bound.kwargs["weight"], bound.kwargs.get("bias")) if bound else (
-                None, None)
-            if not _is_constant(weight) or not (bias is None or _is_constant(bias)) or \
-                    fetch_attr(gm, weight.target).dim() != 2:
-                continue
-            reads = {weight} | ({bias} if bias is not None else set())
-            module_for_function(gm, node, _linear(gm, weight, bias), "linear", reads,
-                                bound.kwargs["input"])
-            modified = True
-        if modified:
-            finalize(gm)
-        return PassResult(gm, modified)
+        return PassResult(gm, modules_for_functions(gm, _replacement))

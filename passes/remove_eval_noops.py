@@ -36,8 +36,9 @@ def _passes_through(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         return False
     bound = normalize_function(node.target, node.args, node.kwargs,
                                normalize_to_only_use_kwargs=True)
-    return bound is not None and bound.kwargs.get("training", True) is False \
-        or node.target is torch.dropout and node.args[2:3] == (False,)
+    if bound is None:
+        return False
+    return bound.kwargs.get("training", bound.kwargs.get("train", True)) is False
 
 
 class RemoveEvalNoOps(PassBase):

@@ -5,6 +5,7 @@ extra, part of the ``test`` extra)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -62,7 +63,7 @@ def test_blocks_per_stage_follow_the_definition(name):
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "regnety_008", "cspdarknet53",
                                   "nf_resnet26"])
 def test_rule_drop_folds_exactly_in_float64(name):
-    model, gm = _traced(name, torch.float64)
+    _, gm = _traced(name, torch.float64)
     x = example_input(SIZE, batch=2, dtype=torch.float64, seed=1)
     calibrate_and_randomize(gm, x)
     structure = find_structure(gm)
@@ -70,7 +71,7 @@ def test_rule_drop_folds_exactly_in_float64(name):
     assert ids
     for placement in ("paper", "cvpr"):
         student = PassManager([DropBlocks(ids), InsertAdapters(
-            drop_sites(gm, structure, ids, placement))])(_copy(gm)).graph_module
+            drop_sites(gm, structure, ids, placement))])(copy.deepcopy(gm)).graph_module
         with torch.no_grad():
             identity = student(x)
             assert randomize_adapters(student, scale=0.3) > 0
@@ -81,12 +82,6 @@ def test_rule_drop_folds_exactly_in_float64(name):
         scale = unfolded.abs().max()
         assert (unfolded - identity).abs().max() > 1e-6 * scale  # the adapters matter
         assert (unfolded - folded).abs().max() <= 1e-9 * scale
-
-
-def _copy(gm):
-    import copy
-
-    return copy.deepcopy(gm)
 
 
 def test_timm_spec_takes_preprocessing_from_the_pretrained_config():
@@ -122,7 +117,7 @@ def test_timm_checkpoint_sizes_the_classifier(tmp_path, suffix):
 def test_inspect_prints_the_stages(capsys):
     assert main(["inspect", "timm:regnety_008", "--input-size", "3,64,64"]) == 0
     out = capsys.readouterr().out
-    assert "4.2    residual  identity    yes" in out.replace("\u00a0", " ")
+    assert "4.2    residual  identity    yes" in out
     assert "3.8" in out and "3.9" not in out
 
 

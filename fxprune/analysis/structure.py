@@ -208,12 +208,16 @@ def _is_residual_join(view: _View, previous: fx.Node, node: fx.Node) -> bool:
         view.between(previous.name, node.name))
 
 
+def _spatial(view: _View, name: str) -> bool:
+    """The node's output is a feature map larger than 1x1 (not pooled features)."""
+    return math.prod(feature_shape(view.nodes[name])[1:]) > 1
+
+
 def _nested(view: _View, start: fx.Node, end: fx.Node) -> bool:
     """The region between two chain nodes convolves feature maps on a path of its own, so
     blocks may sit inside it (a CSP stage's split, a DLA tree, a DPN dual path); a gate on
     pooled features (squeeze-and-excitation) does not count."""
-    return any(math.prod(feature_shape(view.nodes[name])[1:]) > 1
-               for name in view.convs(view.between(start.name, end.name)))
+    return any(_spatial(view, name) for name in view.convs(view.between(start.name, end.name)))
 
 
 def _branch_chain(view: _View, entry: fx.Node, operand: fx.Node) -> list[fx.Node]:
@@ -350,8 +354,7 @@ def find_structure(gm: fx.GraphModule) -> Structure:
         if not any(is_block):
             # plain networks (VGG): every conv unit is a block, but for those on pooled 1x1
             # features (a classifier written as convs)
-            is_block = [math.prod(feature_shape(view.nodes[unit.exit])[1:]) > 1
-                        for unit in units]
+            is_block = [_spatial(view, unit.exit) for unit in units]
     first = is_block.index(True) if any(is_block) else len(units)
     last = len(is_block) - is_block[::-1].index(True) if any(is_block) else len(units)
     block_units = [unit for unit, keep in zip(units, is_block) if keep]
