@@ -7,7 +7,13 @@ from fxprune.analysis.structure import Block, Stage, Structure, find_structure
 from fxprune.errors import FxpruneError, PreconditionError, TraceError
 from fxprune.models import LoadedModel, load_model
 from fxprune.pass_manager import PassBase, PassManager, PassResult
-from fxprune.pipeline import CompressResult, compress, paper_rule
+from fxprune.execute import CompressResult, execute
+from fxprune.job import Evaluation, RunSettings, compress, run
+from fxprune.options import (Decouple, Drop, FilterPruning, Init, Options, Placement, Recovery,
+                             Schedule, Sparsity, StreamPruning)
+from fxprune.plan import CompressionPlan, plan
+from fxprune.report import Report
+from fxprune.resolve import paper_rule
 from fxprune.quantize import quantize_onnx
 from fxprune.saving import load, save
 from fxprune.summary import summarize
@@ -15,7 +21,10 @@ from fxprune.tracing import trace
 
 __version__ = "0.1.0"
 
-__all__ = ["Adapter", "AdapterSite", "Block", "CompressResult", "FxpruneError", "LoadedModel",
-           "PassBase", "PassManager", "PassResult", "PreconditionError", "Stage", "Structure",
-           "TraceError", "compress", "drop_sites", "find_structure", "load", "load_model",
-           "paper_rule", "quantize_onnx", "save", "summarize", "trace"]
+__all__ = ["Adapter", "AdapterSite", "Block", "CompressResult", "CompressionPlan", "Decouple",
+           "Drop", "Evaluation", "FilterPruning", "FxpruneError", "Init", "LoadedModel",
+           "Options", "PassBase", "PassManager", "PassResult", "Placement", "PreconditionError",
+           "Recovery", "Report", "RunSettings", "Schedule", "Sparsity", "Stage",
+           "StreamPruning", "Structure", "TraceError", "compress", "drop_sites", "execute",
+           "find_structure", "load", "load_model", "paper_rule", "plan", "quantize_onnx", "run",
+           "save", "summarize", "trace"]

@@ -21,3 +21,7 @@ __all__ = ["AdapterSite", "BatchNormModules", "ConvModules", "DropBlocks", "Fact
            "FoldAdapters", "FoldBatchNorm", "FoldConstants", "InsertAdapters", "LinearModules",
            "MaskWeights", "PruneCoupledMaps", "PruneFilters", "RemoveEvalNoOps",
            "RemoveShapeChecks", "StaticSamePadding"]
+
+
+def folding(batchnorm=True):  # TEMPORARY SHIM until the core branch lands
+    return FoldAdapters(batchnorm=batchnorm)

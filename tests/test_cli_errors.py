@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fxprune import commands
+from fxprune import job
 from fxprune.cli import main
 from fxprune.errors import FxpruneError
 from fxprune.models import cifar_resnet
@@ -151,7 +151,7 @@ def test_setbacks_are_printed_and_reported(tmp_path, capsys, monkeypatch):
     """What ``setbacks`` finds reaches the user three ways: a warning line, report.json and
     report.md (its judgement itself: tests/test_report.py)."""
     setback = "recovery lowered agreement with the original on the 6 evaluation images"
-    monkeypatch.setattr(commands.compress, "setbacks", lambda report: [setback])
+    monkeypatch.setattr(job, "setbacks", lambda report: [setback])
     folder = _write_images(tmp_path / "images", 14)
     assert main(_compress(tmp_path, "--images=8", "--quantize=int8",
                           data=f"folder:{folder}")) == 0
@@ -170,7 +170,7 @@ def test_setbacks_are_printed_and_reported(tmp_path, capsys, monkeypatch):
 def test_a_failed_quantization_keeps_the_fp32_outputs(tmp_path, capsys, monkeypatch):
     def refuse(source, images, path):
         raise FxpruneError("ONNX Runtime could not quantize it")
-    monkeypatch.setattr(commands.compress, "quantize_onnx", refuse)
+    monkeypatch.setattr(job, "quantize_onnx", refuse)
     folder = _write_images(tmp_path / "images", 14)
     assert main(_compress(tmp_path, "--images=8", "--quantize=int8",
                           data=f"folder:{folder}")) == 0
@@ -219,7 +219,7 @@ def test_interrupt_leaves_nothing(tmp_path, capsys, monkeypatch):
         (staging / "model.onnx").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commands.compress, "export_onnx", interrupted)
+    monkeypatch.setattr(job, "export_onnx", interrupted)
     code = main(_compress(tmp_path))
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

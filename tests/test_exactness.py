@@ -11,7 +11,7 @@ from torch import nn
 from fxprune.adapters import Adapter
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
-from fxprune.pipeline import paper_rule
+from fxprune.resolve import paper_rule
 from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters

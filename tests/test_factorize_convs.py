@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import fxprune
+from fxprune import Decouple, Init, Options, Recovery
 from fxprune.adapters import AdapterSite
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.models import cifar_resnet
@@ -109,13 +110,16 @@ def test_compress_decouple_option():
     torch.manual_seed(0)
     model = cifar_resnet(20).eval()
     images = example_input(SIZE, batch=8, seed=2)
-    result = fxprune.compress(model, images, SIZE, drop=None, decouple="lowrank:0.5",
-                              recovery=RecoveryConfig(init="lstsq", fit=None), progress=False)
+    result = fxprune.compress(model, images, SIZE, Options(
+        drop=None, decouple=Decouple.lowrank(0.5), recovery=Recovery(init=Init.LSTSQ, steps=0)),
+        progress=False)
     report = result.report
-    assert report["decouple"]["method"] == "lowrank:0.5" and len(report["decouple"]["convs"]) == 19
-    assert report["compressed"]["macs"] == report["pruned"]["macs"] < report["original"]["macs"]
-    with pytest.raises(FxpruneError, match="not understood"):
-        fxprune.compress(model, images, SIZE, drop=None, decouple="dwpw:0.3", progress=False)
+    decoupled = report.scheme.decouple
+    assert decoupled["method"] == "lowrank:0.5" and len(decoupled["convs"]) == 19
+    models = report.models
+    assert models["compressed"].macs == models["pruned"].macs < models["original"].macs
+    with pytest.raises(FxpruneError, match="energy must be in"):
+        Decouple.lowrank(1.5)
 
 
 def test_lowrank_of_a_constant_output_keeps_one_component():

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import fxprune
+from fxprune import Drop, Options, Recovery, Sparsity
 from fxprune.adapters import MaskedConv
 from fxprune.errors import PreconditionError
 from fxprune.graph import masked_nodes, named_modules
@@ -117,10 +118,10 @@ def test_compress_with_sparsity_reports_the_zeros():
     torch.manual_seed(0)
     model = cifar_resnet(20).eval()
     images = example_input(SIZE, batch=8, seed=2)
-    quick = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=5, patience=5))
-    result = fxprune.compress(model, images, SIZE, drop=["1.2"], sparsity=0.9, recovery=quick,
-                              progress=False)
-    sparsity = result.report["sparsity"]
+    quick = Recovery(fit=FitConfig(lr=1e-3, max_steps=5, patience=5))
+    result = fxprune.compress(model, images, SIZE, Options(
+        drop=Drop.blocks("1.2"), sparsity=Sparsity(0.9), recovery=quick), progress=False)
+    sparsity = result.report.scheme.sparsity
     # convs next to the drop's adapters stay dense; every other conv is 90% zeros exactly
     assert 0 < len(sparsity["masked_convs"]) < 19
     assert sparsity["weights_zero"] == pytest.approx(0.9, abs=0.001)
@@ -133,12 +134,12 @@ def test_baseline_finetune_of_a_masked_network_keeps_its_zeros():
     model = cifar_resnet(20).eval()
     images = example_input(SIZE, batch=8, seed=2)
     # a small step: an untrained network's features are large, and a NaN would hide the zeros
-    quick = FinetuneConfig(epochs=3, batch_size=4, lr=1e-6, augment=False)
-    result = fxprune.compress(model, images, SIZE, drop=None, sparsity=0.9, recover="none",
-                              finetune="mse", finetuning=quick, progress=False)
-    masked = result.report["sparsity"]["masked_convs"]
+    quick = FinetuneConfig("mse", epochs=3, batch_size=4, lr=1e-6, augment=False)
+    result = fxprune.compress(model, images, SIZE, Options(
+        drop=None, sparsity=Sparsity(0.9), recovery=None, finetune=quick), progress=False)
+    masked = result.report.scheme.sparsity["masked_convs"]
     assert len(masked) == 19
-    assert result.report["sparsity"]["weights_zero"] == pytest.approx(0.9, abs=0.001)
+    assert result.report.scheme.sparsity["weights_zero"] == pytest.approx(0.9, abs=0.001)
     pruned, compressed = named_modules(result.pruned), named_modules(result.model)
     targets = {node.name: node.target for node in result.model.graph.nodes}
     for name in masked:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 import fxprune
+from fxprune import Options, Recovery
 from fxprune.adapters import Adapter
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
@@ -63,8 +64,8 @@ def test_rule_drop_inside_the_split_folds_exactly():
 
 def test_stagewise_recovery_runs_between_the_joins():
     model, _ = _traced()
-    quick = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=3, patience=3))
-    result = fxprune.compress(model, example_input(SIZE, batch=4, seed=0), SIZE, drop="rule",
-                              recovery=quick, progress=False)
-    assert result.report["drop"] == ["1.2", "2.2"]
-    assert result.report["adapters"] > 0 and count_modules(result.model, Adapter) == 0
+    quick = Recovery(fit=FitConfig(lr=1e-3, max_steps=3, patience=3))
+    result = fxprune.compress(model, example_input(SIZE, batch=4, seed=0), SIZE,
+                              Options(recovery=quick), progress=False)
+    assert result.report.drop == ["1.2", "2.2"]
+    assert result.report.adapters > 0 and count_modules(result.model, Adapter) == 0

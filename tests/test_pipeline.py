@@ -1,23 +1,27 @@
-"""The ``fxprune.compress`` Python API on a small network."""
+"""The library pipeline on a small network: options -> ``fxprune.plan`` -> ``fxprune.execute``
+(``fxprune.compress`` is both in one call)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
 import fxprune
+from fxprune import Decouple, Drop, Options, Recovery, Schedule
 from fxprune.adapters import Adapter
 from fxprune.errors import FxpruneError
 from fxprune.models import cifar_resnet
+from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
-from fxprune.recovery.practise import RecoveryConfig
 from fxprune.tracing import example_input
 from tests.helpers import count_modules
 
 SIZE = (3, 16, 16)
-QUICK = RecoveryConfig(fit=FitConfig(lr=3e-3, max_steps=20, patience=20))
+QUICK = Recovery(fit=FitConfig(lr=3e-3, max_steps=20, patience=20))
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +35,50 @@ def images():
     return example_input(SIZE, batch=16, seed=2)
 
 
+def test_a_plan_is_a_printable_value_decided_before_any_weight_moves(model, images):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    planned = fxprune.plan(model, Options(), input_size=SIZE)
+    again = fxprune.plan(model, Options(), input_size=SIZE)
+    assert planned == again and planned is not again
+    assert [step.pass_type for step in planned.steps] == [DropBlocks, InsertAdapters]
+    assert planned.blocks == ("1.2", "2.2", "3.2")
+    assert "1. DropBlocks(block_ids=['1.2', '2.2', '3.2'])" in str(planned)
+    assert "recovery: stagewise, cvpr sites, identity start" in str(planned)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        planned.blocks = ()
+    plain = planned.without_adapters()
+    assert [step.pass_type for step in plain.steps] == [DropBlocks] and plain.recovery is None
+    for key, value in model.state_dict().items():  # planning leaves the model untouched
+        assert torch.equal(value, before[key])
+
+
+def test_the_pruned_reference_is_the_plan_without_adapters(model, images):
+    planned = fxprune.plan(model, Options(drop=Drop.blocks("1.2"), recovery=QUICK),
+                           input_size=SIZE)
+    result = fxprune.execute(planned, images, progress=False)
+    plain = fxprune.execute(planned.without_adapters(), images, progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(result.pruned(images), plain.model(images),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_compress_returns_a_plain_folded_network(model, images):
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = fxprune.compress(model, images, SIZE, drop="rule", recovery=QUICK, progress=False)
-    assert result.report["drop"] == ["1.2", "2.2", "3.2"]
-    assert result.report["adapters"] > 0
+    result = fxprune.compress(model, images, SIZE, Options(recovery=QUICK), progress=False)
+    report = result.report
+    assert report.drop == ["1.2", "2.2", "3.2"] and report.adapters > 0
     assert count_modules(result.model, (Adapter, nn.BatchNorm2d)) == 0
-    assert result.report["compressed"]["macs"] == result.report["pruned"]["macs"]
-    assert result.report["compressed"]["macs"] < result.report["original"]["macs"]
+    assert report.models["compressed"].macs == report.models["pruned"].macs
+    assert report.models["compressed"].macs < report.models["original"].macs
+    assert report.as_json()["plan"] == result.report.plan
     assert result.model(images).shape == (16, 10)
     for key, value in model.state_dict().items():  # the caller's model is untouched
         assert torch.equal(value, before[key])
 
 
 def test_recovery_moves_the_output_towards_the_teacher(model, images):
-    recovered = fxprune.compress(model, images, SIZE, drop="1.2,2.2", recovery=QUICK,
-                                 progress=False)
+    recovered = fxprune.compress(model, images, SIZE, Options(drop=Drop.blocks("1.2", "2.2"),
+                                                              recovery=QUICK), progress=False)
     with torch.no_grad():
         teacher = recovered.teacher(images)
         gap_pruned = (recovered.pruned(images) - teacher).pow(2).mean()
@@ -55,23 +87,27 @@ def test_recovery_moves_the_output_towards_the_teacher(model, images):
 
 
 def test_baseline_finetune_needs_labels(model, images):
+    baseline = Options(drop=Drop.blocks("1.2"), recovery=None,
+                       finetune=FinetuneConfig("ce-mse", epochs=2))
     with pytest.raises(FxpruneError, match="labelled"):
-        fxprune.compress(model, images, SIZE, drop="1.2", recover="none", finetune="ce-mse",
-                         progress=False)
+        fxprune.compress(model, images, SIZE, baseline, progress=False)
     labels = torch.arange(16) % 10
-    result = fxprune.compress(model, images, SIZE, labels=labels, drop="1.2", recover="none",
-                              finetune="ce-mse", finetuning=FinetuneConfig(epochs=2),
-                              progress=False)
-    assert result.report["adapters"] == 0 and "finetune" in result.report["phases"]
+    result = fxprune.compress(model, images, SIZE, baseline, labels=labels, progress=False)
+    assert result.report.adapters == 0 and "finetune" in result.report.phases
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"drop": "2.1"}, "cannot be dropped"), ({"drop": "7.7"}, "no block '7.7'"),
-    ({"drop": "1.2,1.2"}, "repeat"), ({"recover": "magic"}, "unknown recovery"),
-    ({"finetune": "magic"}, "unknown finetune")])
-def test_bad_options_are_explained(model, images, kwargs, message):
+@pytest.mark.parametrize("options, message", [
+    (lambda: Options(drop=Drop.blocks("2.1")), "cannot be dropped"),
+    (lambda: Options(drop=Drop.blocks("7.7")), "no block '7.7'"),
+    (lambda: Options(drop=Drop.blocks("1.2", "1.2")), "repeat"),
+    (lambda: Options(drop=None), "nothing to compress"),
+    (lambda: Options(drop=Drop.auto(1.5)), "budget must be a ratio in"),
+    (lambda: Options(recovery=Recovery(steps=0)), "needs --init lstsq"),
+    (lambda: Options(drop=None, filters=fxprune.FilterPruning({"conv1": True})), "kept count"),
+    (lambda: Options(drop=None, decouple=Decouple.lowrank(0.0)), "energy")])
+def test_bad_options_are_explained(model, images, options, message):
     with pytest.raises(FxpruneError, match=message):
-        fxprune.compress(model, images, SIZE, progress=False, **kwargs)
+        fxprune.compress(model, images, SIZE, options(), progress=False)
 
 
 def test_a_network_without_stages_needs_layerwise_recovery():
@@ -84,13 +120,15 @@ def test_a_network_without_stages_needs_layerwise_recovery():
     size = (3, 32, 32)
     images = example_input(size, batch=2, seed=0)
     quick = FitConfig(lr=1e-3, max_steps=2, patience=2)
-    for kwargs, remedy in (({"recovery": RecoveryConfig(fit=quick)}, "--schedule layerwise"),
-                           ({"recover": "none", "finetune": "mir",
-                             "finetuning": FinetuneConfig(epochs=1)}, "--finetune ce-mse or mse")):
+    decouple = Options(drop=None, decouple=Decouple.lowrank(0.4))
+    for options, remedy in (
+            (dataclasses.replace(decouple, recovery=Recovery(fit=quick)), "--schedule layerwise"),
+            (dataclasses.replace(decouple, recovery=None,
+                                 finetune=FinetuneConfig("mir", epochs=1)),
+             "--finetune ce-mse or mse")):
         with pytest.raises(FxpruneError, match=f"no stage found.*; use {remedy}"):
-            fxprune.compress(model, images, size, drop=None, decouple="lowrank:0.4",
-                             progress=False, **kwargs)
-    result = fxprune.compress(model, images, size, drop=None, decouple="lowrank:0.4",
-                              progress=False, recovery=RecoveryConfig(schedule="layerwise", fit=quick))
-    assert result.report["adapters"] == len(result.report["decouple"]["convs"]) > 0
+            fxprune.compress(model, images, size, options, progress=False)
+    result = fxprune.compress(model, images, size, dataclasses.replace(
+        decouple, recovery=Recovery(schedule=Schedule.LAYERWISE, fit=quick)), progress=False)
+    assert result.report.adapters == len(result.report.scheme.decouple["convs"]) > 0
     assert count_modules(result.model, Adapter) == 0

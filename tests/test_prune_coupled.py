@@ -14,6 +14,7 @@ from torch import fx, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 import fxprune
+from fxprune import Drop, Options, Placement, Recovery, Schedule, StreamPruning
 from fxprune.adapters import KEPT_CHANNELS_META, PRUNE_GROUP_META, Adapter
 from fxprune.analysis.channels import coupled_maps
 from fxprune.analysis.structure import find_structure, stand_in
@@ -22,7 +23,7 @@ from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import named_modules
 from fxprune.models import cifar_resnet
 from fxprune.passes import FoldAdapters, PruneCoupledMaps, PruneFilters
-from fxprune.pipeline import explicit_counts
+from fxprune.resolve import explicit_counts
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, _layer_groups, _stage_targets, recover
@@ -186,20 +187,20 @@ def test_layerwise_recovery_trains_a_stream_against_all_its_consumers(resnet):
 def test_compress_prunes_streams_with_a_dropped_block():
     model = _tiny_resnet()
     images = example_input(SIZE, batch=8, seed=6, dtype=torch.float64)
-    quick = RecoveryConfig(schedule="layerwise", fit=FitConfig(lr=1e-3, max_steps=5,
-                                                               patience=5))
-    result = fxprune.compress(model, images, SIZE, drop=["1.2"], prune_streams=0.5,
-                              placement="paper", recovery=quick, progress=False)
+    quick = Recovery(schedule=Schedule.LAYERWISE, placement=Placement.PAPER,
+                     fit=FitConfig(lr=1e-3, max_steps=5, patience=5))
+    result = fxprune.compress(model, images, SIZE, Options(
+        drop=Drop.blocks("1.2"), streams=StreamPruning(0.5), recovery=quick), progress=False)
     report = result.report
-    assert report["prune_streams"] == {"ratio": 0.5, "kept": {
+    assert report.scheme.prune_streams == {"ratio": 0.5, "kept": {
         "conv1": 4, "layer2_0_conv2": 8, "layer3_0_conv2": 16}}
-    assert report["compressed"]["macs"] == report["pruned"]["macs"] < \
-        report["original"]["macs"]
+    models = report.models
+    assert models["compressed"].macs == models["pruned"].macs < models["original"].macs
     assert count_modules(result.model, Adapter) == 0
     assert result.model.get_submodule("layer2.0.downsample.0").in_channels == 4
     with pytest.raises(FxpruneError, match="no residual stream of this network"):
-        fxprune.compress(cifar_resnet(20).eval(), images.float(), SIZE, drop=None,
-                         prune_streams=0.5, recover="none", progress=False)
+        fxprune.compress(cifar_resnet(20).eval(), images.float(), SIZE, Options(
+            drop=None, streams=StreamPruning(0.5), recovery=None), progress=False)
 
 
 @pytest.mark.parametrize("schedule", ["stagewise", "joint"])
@@ -332,18 +333,19 @@ def test_streams_feeding_the_head_conv_need_the_layerwise_schedule():
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     images, size = torch.randn(4, 3, 64, 64), (3, 64, 64)
     quick = FitConfig(lr=1e-3, max_steps=2, patience=2)
-    staged = fxprune.compress(model, images, size, drop=None, prune_streams=0.25,
-                              recovery=RecoveryConfig(fit=quick), progress=False)
-    assert list(staged.report["prune_streams"]["kept"]) == [
+    staged = fxprune.compress(model, images, size, Options(
+        drop=None, streams=StreamPruning(0.25), recovery=Recovery(fit=quick)), progress=False)
+    assert list(staged.report.scheme.prune_streams["kept"]) == [
         "features_2_block_2_0", "features_4_block_3_0", "features_7_block_3_0"]
     with pytest.raises(FxpruneError, match="after features_9_block_3_0 feed convs past"):
-        fxprune.compress(model, images, size, drop=None, recovery=RecoveryConfig(fit=quick),
-                         prune_streams={"features_9_block_3_0": 0.5}, progress=False)
-    layerwise = fxprune.compress(model, images, size, drop=None, prune_streams=0.25,
-                                 recovery=RecoveryConfig(schedule="layerwise", fit=quick),
-                                 finetune="mir", finetuning=FinetuneConfig(epochs=1),
-                                 progress=False)
-    assert layerwise.report["prune_streams"]["kept"]["features_9_block_3_0"] == 72
+        fxprune.compress(model, images, size, Options(
+            drop=None, recovery=Recovery(fit=quick),
+            streams=StreamPruning({"features_9_block_3_0": 0.5})), progress=False)
+    layerwise = fxprune.compress(model, images, size, Options(
+        drop=None, streams=StreamPruning(0.25),
+        recovery=Recovery(schedule=Schedule.LAYERWISE, fit=quick),
+        finetune=FinetuneConfig("mir", epochs=1)), progress=False)
+    assert layerwise.report.scheme.prune_streams["kept"]["features_9_block_3_0"] == 72
     assert count_modules(layerwise.model, Adapter) == 0
 
 
@@ -352,4 +354,4 @@ def test_explicit_counts_take_integers_and_refuse_booleans():
     assert explicit_counts({"conv1": np.int64(3)}, channels, "map") == {"conv1": 3}
     assert explicit_counts({"conv1": 0.5}, channels, "map") == {"conv1": 4}
     with pytest.raises(FxpruneError, match="not True"):
-        explicit_counts({"conv1": True}, channels, "map")
+        StreamPruning({"conv1": True})

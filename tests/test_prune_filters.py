@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 import fxprune
+from fxprune import FilterPruning, Options
 from fxprune.adapters import PRUNE_GROUP_META, Adapter
 from fxprune.analysis.channels import prunable_maps
 from fxprune.commands.compress import pruning_spec
@@ -171,16 +172,17 @@ def test_per_map_requests_mix_counts_and_ratios():
     fraction of the map; unknown names and bad ratios are refused by name."""
     model = cifar_resnet(20).eval()
     images = example_input((3, 32, 32), batch=4, seed=1)
-    result = fxprune.compress(model, images, (3, 32, 32), drop=None, recover="none",
-                              prune_filters={"layer1_0_conv1": 0.25, "layer3_0_conv1": 10},
-                              progress=False)
-    assert result.report["prune_filters"]["kept"] == {"layer1_0_conv1": 12, "layer3_0_conv1": 10}
+    def options(amount):
+        return Options(drop=None, filters=FilterPruning(amount), recovery=None)
+
+    result = fxprune.compress(model, images, (3, 32, 32), options(
+        {"layer1_0_conv1": 0.25, "layer3_0_conv1": 10}), progress=False)
+    assert result.report.scheme.prune_filters["kept"] == {"layer1_0_conv1": 12,
+                                                          "layer3_0_conv1": 10}
     with pytest.raises(fxprune.FxpruneError, match="no prunable feature map starts at 'nope'"):
-        fxprune.compress(model, images, (3, 32, 32), drop=None, prune_filters={"nope": 0.5},
-                         recover="none", progress=False)
+        fxprune.compress(model, images, (3, 32, 32), options({"nope": 0.5}), progress=False)
     with pytest.raises(fxprune.FxpruneError, match="ratio of 'layer1_0_conv1' must be in"):
-        fxprune.compress(model, images, (3, 32, 32), drop=None, recover="none",
-                         prune_filters={"layer1_0_conv1": 1.5}, progress=False)
+        options({"layer1_0_conv1": 1.5})
 
 
 def test_maps_stage_wise_recovery_cannot_train_are_refused():
@@ -191,14 +193,14 @@ def test_maps_stage_wise_recovery_cannot_train_are_refused():
     for spec, message in ((0.5, "all prunable feature maps here pass through stage outputs"),
                           ({"conv1": 0.5}, "maps after conv1 pass through stage outputs")):
         with pytest.raises(fxprune.FxpruneError, match=message + ".*--schedule layerwise"):
-            fxprune.compress(model, images, SIZE, drop=None, prune_filters=spec, progress=False)
+            fxprune.compress(model, images, SIZE, Options(drop=None, filters=FilterPruning(spec)),
+                             progress=False)
     mobilenet = torchvision.models.mobilenet_v2().eval()  # expand -> grouped depthwise only
     with pytest.raises(fxprune.FxpruneError, match="has no prunable feature map"):
-        fxprune.compress(mobilenet, images, SIZE, drop=None, prune_filters=0.5, progress=False)
-    with pytest.raises(fxprune.FxpruneError,
-                       match=r"ratio of every prunable feature map must be in \[0, 1\), not 1.0"):
-        fxprune.compress(model, images, SIZE, drop=None, prune_filters=1.0, progress=False,
-                         recovery=RecoveryConfig(schedule="layerwise"))
+        fxprune.compress(mobilenet, images, SIZE, Options(drop=None, filters=FilterPruning(0.5)),
+                         progress=False)
+    with pytest.raises(fxprune.FxpruneError, match=r"pruning ratio must be in \[0, 1\), not 1.0"):
+        FilterPruning(1.0)
 
 
 def test_cli_pruning_spec():

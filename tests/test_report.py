@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fxprune.report import SETBACK_POINTS, setbacks
+from fxprune.render import SETBACK_POINTS, setbacks
 
 
 def report_with(recover: str, finetune: str, **scores: tuple[float | None, float]) -> dict:

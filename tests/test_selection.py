@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fxprune import compress, find_structure
+from fxprune import Drop, Options, compress, find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.models import cifar_resnet
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig
-from fxprune.report import render_report
+from fxprune.render import render_report
 from fxprune.selection import (LatencyCache, Recoverability, SelectionConfig, block_shares,
                                select_blocks)
 from fxprune.selection import auto
@@ -119,18 +119,15 @@ def test_unreachable_budget(small_resnet, images, fake_latency, tmp_path):
 
 
 def test_compress_with_auto_drop(images, fake_latency, tmp_path):
-    config = SelectionConfig(0.85, recovery=QUICK, cache=tmp_path / "c.json")
-    result = compress(cifar_resnet(20).eval(), images, SMALL_SIZE, drop="auto",
-                      selection=config, progress=False)
-    report = result.report
+    drop = Drop.auto(0.85, recovery=QUICK, cache=tmp_path / "c.json")
+    result = compress(cifar_resnet(20).eval(), images, SMALL_SIZE, Options(drop=drop),
+                      progress=False)
+    report = result.report.as_json()
     assert report["drop"] == report["auto"]["blocks"] and len(report["drop"]) == 2
     assert report["compressed"]["macs"] < report["original"]["macs"]
     assert "Automatic block choice (greedy)" in render_report(report)
-    with pytest.raises(FxpruneError, match="needs a latency budget"):
-        compress(cifar_resnet(20).eval(), images, SMALL_SIZE, drop="auto", progress=False)
-    with pytest.raises(FxpruneError, match="only to --drop auto"):
-        compress(cifar_resnet(20).eval(), images, SMALL_SIZE, drop="rule", budget=0.8,
-                 progress=False)
+    with pytest.raises(FxpruneError, match="latency budget must be a ratio in"):
+        Drop.auto(0.0)
 
 
 def test_a_budget_still_missed_is_reported(small_resnet, images, fake_latency, tmp_path):

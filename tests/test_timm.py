@@ -19,7 +19,7 @@ from fxprune.errors import ModelSpecError, TraceError
 from fxprune.models import load_model
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
-from fxprune.pipeline import paper_rule
+from fxprune.resolve import paper_rule
 from fxprune.tracing import example_input, trace
 from tests.helpers import calibrate_and_randomize, count_modules, randomize_adapters
 

@@ -7,10 +7,11 @@ import argparse
 from pathlib import Path
 
 from fxprune.commands.common import add_threads_argument, atomic_output
-from fxprune.commands.compress import compress_to
 from fxprune.download import cifar10_folder, cifar_resnet_weights
-from fxprune.recovery.practise import RecoveryConfig
-from fxprune.report import latency_ratio
+from fxprune.job import RunSettings
+from fxprune.named import NamedJob, compress_named
+from fxprune.options import Drop, Options
+from fxprune.report import ModelRow, Report
 from fxprune.threads import torch_threads
 
 MODEL = "cifar:resnet56"
@@ -46,47 +47,44 @@ def _inputs(args: argparse.Namespace) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     data, weights = _inputs(args)
-    compress_args = argparse.Namespace(
-        model=MODEL, weights=weights, input_size=None, leaf=[], data=data, images=args.images,
-        prune_filters=None, prune_streams=None, sparsity=None, decouple=None,
-        shots=None, drop="rule", budget=None, select=None, recover="practise",
-        schedule=RecoveryConfig().schedule, placement=None, finetune="none", seed=args.seed,
-        eval=None, steps=None, init=None, device=args.device, bench_batch=64, bench_threads=1,
-        quantize="int8")
+    job = NamedJob(MODEL, data, images=args.images, weights=weights,
+                   options=Options(drop=Drop.rule(), seed=args.seed),
+                   settings=RunSettings(device=args.device, quantize=True, bench_batch=64))
     print(f"fxprune demo: {MODEL}, dropping the paper's blocks, recovering from {args.images} "
           f"unlabelled images of {data} (a minute or two on a laptop CPU)")
     with atomic_output(args.out, args.force) as staging, torch_threads(args.threads):
-        report = compress_to(compress_args, staging)
+        report = compress_named(job, staging)
     print(summary(report, args.out))
     return 0
 
 
-def summary(report: dict, out: Path) -> str:
-    original, pruned, shipped = report["original"], report["pruned"], report["compressed"]
-    int8 = report.get("quantized")  # absent when ONNX Runtime could not quantize (a warning)
-    latency = report["latency"]
+def summary(report: Report, out: Path) -> str:
+    models = report.models
+    original, pruned, shipped = models["original"], models["pruned"], models["compressed"]
+    int8 = models.get("quantized")  # absent when ONNX Runtime could not quantize (a warning)
+    latency = report.latency
 
-    def accuracy(row: dict) -> str:  # an unlabelled --data pool has no top-1
-        return f"{row['top1']:.2f}%" if row["top1"] is not None else \
-            f"{row['agreement']:.2f}% agreement"
+    def accuracy(row: ModelRow) -> str:  # an unlabelled --data pool has no top-1
+        return f"{row.top1:.2f}%" if row.top1 is not None else \
+            f"{row.agreement:.2f}% agreement"
 
     lines = [
-        f"dropped blocks {', '.join(report['drop'])}; {report['adapters']} adapters trained "
+        f"dropped blocks {', '.join(report.drop)}; {report.adapters} adapters trained "
         "and folded away",
-        f"top-1 on {report['evaluation']['images']} test images: original "
+        f"top-1 on {report.source.evaluation['images']} test images: original "
         f"{accuracy(original)} -> dropped, no recovery {accuracy(pruned)} -> recovered "
         f"{accuracy(shipped)}",
-        f"MACs {original['macs'] / 1e6:.2f}M -> {shipped['macs'] / 1e6:.2f}M "
-        f"(x{shipped['macs'] / original['macs']:.3f})",
+        f"MACs {original.macs / 1e6:.2f}M -> {shipped.macs / 1e6:.2f}M "
+        f"(x{shipped.macs / original.macs:.3f})",
         f"ONNX Runtime latency (batch {latency['batch']}, {latency['threads']} thread): "
-        f"{original['latency_ms']:.1f} ms -> {shipped['latency_ms']:.1f} ms "
-        f"(x{latency_ratio(shipped, original):.3f})"]
+        f"{original.latency_ms:.1f} ms -> {shipped.latency_ms:.1f} ms "
+        f"(x{shipped.latency_ratio:.3f})"]
     if int8 is not None:
         lines.append(f"int8, calibrated on the same images: {accuracy(int8)}, "
-                     f"{int8['latency_ms']:.1f} ms (x{latency_ratio(int8, original):.3f})")
+                     f"{int8.latency_ms:.1f} ms (x{int8.latency_ratio:.3f})")
     files = ["model.onnx", *(["model.int8.onnx"] if int8 is not None else []), "model.pt2",
              "report.md", "tradeoff.png", "report.json"]
-    lines.append(f"took {report['seconds_total']:.0f} s (recovery "
-                 f"{report['phases'].get('recover', 0):.0f} s); outputs in {out}: "
+    lines.append(f"took {report.seconds_total:.0f} s (recovery "
+                 f"{report.phases.get('recover', 0):.0f} s); outputs in {out}: "
                  + ", ".join(files))
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fxprune.commands.common import atomic_output
 from fxprune.errors import FxpruneError
-from fxprune.report import merge_reports
+from fxprune.render import merge_reports
 
 
 def register(commands) -> None:
