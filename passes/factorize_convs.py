@@ -35,8 +35,8 @@ from torch import fx, nn
 from fxprune.errors import PreconditionError
 from fxprune.graph import foldable_conv, named_modules, owns_module
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.recovery.segments import as_list, segment
 from fxprune.rewrite import replace_module, unique_module_name
+from fxprune.segments import as_list, segment
 
 METHODS = ("dwpw", "lowrank")
 FACTOR_META = "fxprune.factorized"  # node.meta of a first conv this pass made: the method

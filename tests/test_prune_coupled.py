@@ -26,7 +26,7 @@ from fxprune.pipeline import explicit_counts
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, _layer_groups, _stage_targets, recover
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.segments import run_batched, segment
 from fxprune.tracing import example_input, trace
 from tests.helpers import FP64_ATOL, calibrate_and_randomize, count_modules, randomize_adapters
 

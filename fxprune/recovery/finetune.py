@@ -31,7 +31,7 @@ from fxprune.datasets import augment
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import module_of, named_modules, output_node
 from fxprune.recovery.fit import channels_last, set_batchnorm_training, trainable
-from fxprune.recovery.segments import segment
+from fxprune.segments import segment
 
 OBJECTIVES = ("ce-mse", "mse", "mir")
 

@@ -58,7 +58,7 @@ from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, 
                            to_digraph)
 from fxprune.recovery.fit import FitConfig, channels_last, fit, set_batchnorm_training
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.segments import run_batched, segment
 
 SCHEDULES = ("joint", "stagewise", "layerwise")
 INITS = ("identity", "lstsq")

@@ -23,7 +23,7 @@ from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.segments import run_batched, segment
 
 BRIEF_RECOVERY = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=20, patience=5))
 
