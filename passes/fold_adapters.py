@@ -1,5 +1,5 @@
 """FoldAdapters: constant-fold every adapter into its neighbouring conv (and every BN into its
-conv), so the shipped graph has no extra op. The algebra is in ``fxprune.adapters``.
+conv), so the shipped graph has no extra op. The algebra is in ``fxprune.fold_algebra``.
 
 Every masked conv (``MaskWeights``) becomes the plain conv with weight ``(W * U) ⊙ M``. Then,
 per adapter ``A``, first match wins, repeated until nothing changes:
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from torch import fx
 
-from fxprune.adapters import Adapter, fold_after, fold_before
+from fxprune.adapters import Adapter
 from fxprune.errors import PreconditionError
+from fxprune.fold_algebra import fold_after, fold_before, fold_mask
 from fxprune.graph import (adapter_nodes, foldable_conv, masked_nodes, module_of,
                            named_modules, owns_module)
 from fxprune.pass_manager import PassBase, PassResult
@@ -41,7 +42,7 @@ class FoldAdapters(PassBase):
         modified = False
         modules = named_modules(gm)
         for node in masked_nodes(gm):
-            replace_module(gm, node, modules[node.target].folded())
+            replace_module(gm, node, fold_mask(modules[node.target]))
             modified = True
         while True:
             folded = self._fold_one_round(gm)
