@@ -10,14 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-ADAPTER_META = "fxprune.adapter_site"  # node.meta of an adapter node: its AdapterSite
-# node.meta of the nodes a filter pruning inserted or changed (adapters, BN): the producer's name
-PRUNE_GROUP_META = "fxprune.prune_group"
-# node.meta of a node on a pruned residual stream: the indices of the original channels it
-# still carries, so its value can be compared with the teacher's at those channels
-KEPT_CHANNELS_META = "fxprune.kept_channels"
-
-
 @dataclass(frozen=True)
 class AdapterSite:
     """Where an adapter goes: at the ``"input"`` of conv node ``conv`` (for that conv only) or

@@ -23,11 +23,12 @@ from torch import fx, nn
 from fxprune.analysis.channels import coupled_maps, prunable_maps
 from fxprune.analysis.droppable import nothing_to_drop
 from fxprune.analysis.sites import drop_sites
-from fxprune.analysis.structure import Structure, find_structure, stand_in
+from fxprune.analysis.structure import Structure, find_structure
 from fxprune.errors import FxpruneError, FxpruneWarning, PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, owns_module,
                            parameter_dtype)
 from fxprune.macs import count_params, node_macs, total_macs
+from fxprune.meta import stand_in
 from fxprune.pass_manager import PassManager
 from fxprune.adapters import AdapterSite
 from fxprune.passes import (DropBlocks, FactorizeConvs, FoldAdapters, InsertAdapters,

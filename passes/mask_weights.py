@@ -49,17 +49,22 @@ class MaskWeights(PassBase):
         self.sparsity = sparsity
         self.convs = None if convs is None else list(convs)
 
+    def requires(self, gm: fx.GraphModule) -> None:
+        """Every named conv is masked already or maskable."""
+        modules = named_modules(gm)
+        nodes = {node.name: node for node in gm.graph.nodes}
+        for name in self.convs or ():
+            node = nodes.get(name)
+            if node is None or not isinstance(modules.get(getattr(node, "target", None)),
+                                              MaskedConv) and not self._maskable(gm, node,
+                                                                                 modules):
+                raise PreconditionError(f"cannot mask '{name}': not an ungrouped nn.Conv2d "
+                                        "node that owns its module")
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         modules = named_modules(gm)
         nodes = {node.name: node for node in gm.graph.nodes}
         if self.convs is not None:
-            for name in self.convs:  # refuse before changing anything
-                node = nodes.get(name)
-                if node is None or not isinstance(modules.get(getattr(node, "target", None)),
-                                                  MaskedConv) and not self._maskable(gm, node,
-                                                                                     modules):
-                    raise PreconditionError(f"cannot mask '{name}': not an ungrouped nn.Conv2d "
-                                            "node that owns its module")
             chosen = [nodes[name] for name in self.convs]
         else:
             chosen = [node for node in gm.graph.nodes if self._maskable(gm, node, modules)]

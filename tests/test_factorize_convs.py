@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
 import fxprune
 from fxprune.adapters import AdapterSite
 from fxprune.errors import FxpruneError, PreconditionError
+from fxprune.meta import factorized_by
 from fxprune.models import cifar_resnet
 from fxprune.passes import FactorizeConvs, FoldAdapters, InsertAdapters
-from fxprune.passes.factorize_convs import (FACTOR_META, OutputStatistics, dwpw_pair,
+from fxprune.passes.factorize_convs import (OutputStatistics, dwpw_pair,
                                             factorizable, lowrank_pair)
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
@@ -63,7 +64,7 @@ def test_adapter_between_the_pair_folds_exactly(resnet, method):
     images = example_input(SIZE, batch=8, seed=4, dtype=torch.float64)
     gm = FactorizeConvs(method, energy=0.6, images=images)(trace(resnet, SIZE)).graph_module
     names = [node.name for node in gm.graph.nodes
-             if node.args and getattr(node.args[0], "meta", {}).get(FACTOR_META)]
+             if node.args and isinstance(node.args[0], fx.Node) and factorized_by(node.args[0])]
     assert len(names) == 19  # every conv of ResNet-20 is 3x3 (option-A shortcuts have none)
     gm = InsertAdapters([AdapterSite(name, "input") for name in names])(gm).graph_module
     randomize_adapters(gm, seed=5, scale=0.3)

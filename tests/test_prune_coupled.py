@@ -14,12 +14,13 @@ from torch import fx, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 import fxprune
-from fxprune.adapters import KEPT_CHANNELS_META, PRUNE_GROUP_META, Adapter
+from fxprune.adapters import Adapter
 from fxprune.analysis.channels import coupled_maps
-from fxprune.analysis.structure import find_structure, stand_in
+from fxprune.analysis.structure import find_structure
 from fxprune.cli import main
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import named_modules
+from fxprune.meta import kept_channels, prune_group, stand_in
 from fxprune.models import cifar_resnet
 from fxprune.passes import FoldAdapters, PruneCoupledMaps, PruneFilters
 from fxprune.pipeline import explicit_counts
@@ -141,7 +142,7 @@ def test_pruned_then_folded_equals_hand_pruning(resnet):
 
 def test_trained_adapters_fold_exactly(resnet):
     gm = PruneCoupledMaps({"conv1": 4, "layer2_0_conv2": 12})(resnet).graph_module
-    assert sum(PRUNE_GROUP_META in node.meta for node in gm.graph.nodes) == (3 + 4 + 3) + \
+    assert sum(prune_group(node) is not None for node in gm.graph.nodes) == (3 + 4 + 3) + \
         (2 + 2 + 2)  # per stream: producers' and consumers' adapters, BNs
     randomize_adapters(gm, seed=4, scale=0.3)
     x = example_input(SIZE, batch=3, seed=2, dtype=torch.float64)
@@ -215,7 +216,7 @@ def test_stage_schedules_compare_a_narrowed_stage_output_at_its_kept_channels(sc
     full = dict(zip(outputs, run_batched(
         segment(teacher, ["x"], [stand_in(teacher, s.blocks[-1].exit)
                                  for s in find_structure(teacher).stages]), [images], 8)))
-    kept = [node.meta.get(KEPT_CHANNELS_META) for node in student.graph.nodes
+    kept = [kept_channels(node) for node in student.graph.nodes
             if node.name in outputs]
     assert [len(channels) if channels else None for channels in kept] == [4, 8, 16, None]
     for name, target, channels in zip(outputs, targets, kept):
@@ -319,7 +320,7 @@ def test_layerwise_trains_what_feeds_a_stream_first():
     gm = trace(_PreActivation().eval(), (3, 16, 16))
     gm = PruneCoupledMaps({"short": 8})(gm).graph_module
     gm = PruneFilters({"conv1": 8})(gm).graph_module
-    groups = [(sorted({node.meta[PRUNE_GROUP_META] for node in members}), convs)
+    groups = [(sorted({prune_group(node) for node in members}), convs)
               for members, _, convs in _layer_groups(gm)]
     assert groups == [(["conv1"], ["conv2"]), (["short"], ["head"])]
 

@@ -13,10 +13,11 @@ import torchvision
 from torch import nn
 
 import fxprune
-from fxprune.adapters import PRUNE_GROUP_META, Adapter
+from fxprune.adapters import Adapter
 from fxprune.analysis.channels import prunable_maps
 from fxprune.commands.compress import pruning_spec
 from fxprune.errors import PreconditionError
+from fxprune.meta import prune_group
 from fxprune.models import cifar_resnet
 from fxprune.passes import FoldAdapters, PruneFilters
 from fxprune.passes.prune_filters import keep_counts, l1_kept
@@ -102,7 +103,7 @@ def test_pruned_then_folded_equals_hand_pruning(resnet, dtype):
     for handle in handles:
         handle.remove()
     pruned = PruneFilters(keep)(trace(gm, SIZE)).graph_module
-    assert sum(PRUNE_GROUP_META in node.meta for node in pruned.graph.nodes) == 3 * len(keep)
+    assert sum(prune_group(node) is not None for node in pruned.graph.nodes) == 3 * len(keep)
     tolerance = dict(rtol=0, atol=FP64_ATOL) if dtype == torch.float64 else dict(
         rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(pruned(x), expected, **tolerance)

@@ -18,7 +18,8 @@ import torch
 from torch import fx
 
 from fxprune.analysis.sites import drop_sites
-from fxprune.analysis.structure import find_structure, stand_in
+from fxprune.analysis.structure import find_structure
+from fxprune.meta import stand_in
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.recovery.fit import FitConfig
