@@ -31,8 +31,8 @@ from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.meta import stand_in
 from fxprune.pass_manager import PassManager
 from fxprune.adapters import AdapterSite
-from fxprune.passes import (DropBlocks, FactorizeConvs, FoldAdapters, InsertAdapters,
-                            MaskWeights, PruneCoupledMaps, PruneFilters)
+from fxprune.passes import (DropBlocks, FactorizeConvs, InsertAdapters, MaskWeights,
+                            PruneCoupledMaps, PruneFilters, folding)
 from fxprune.passes.factorize_convs import factorizable
 from fxprune.passes.prune_filters import kept_count
 from fxprune.recovery.finetune import FinetuneConfig, finetune as run_finetune, pre_pooling
@@ -353,10 +353,10 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     masks = {f"{node.target}.weight": named_modules(student)[node.target].mask
              for node in masked_nodes(student)} if recover == "none" else {}
     if recover == "none" and (keep or streams or masked):  # the plain pruned network, BN kept
-        student = FoldAdapters(batchnorm=False)(student).graph_module
+        student = folding(batchnorm=False)(student).graph_module
     pruned = PassManager([DropBlocks(ids), PruneCoupledMaps(streams), PruneFilters(keep),
                           *factorization,
-                          MaskWeights(sparsity or 0.0, masked), FoldAdapters()])(
+                          MaskWeights(sparsity or 0.0, masked), folding()])(
         copy.deepcopy(teacher)).graph_module
     adapters = len(adapter_nodes(student)) + len(masked_nodes(student))
     phases: dict[str, float] = {}
@@ -372,7 +372,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     recovered = None
     if finetune != "none":
         if recover == "practise":
-            recovered = FoldAdapters()(copy.deepcopy(student)).graph_module.eval()
+            recovered = folding()(copy.deepcopy(student)).graph_module.eval()
         tick = time.perf_counter()
         config = replace(finetuning or FinetuneConfig(), objective=finetune, seed=seed)
         run_finetune(teacher, student, images, labels, config, progress=progress, masks=masks)
@@ -380,7 +380,7 @@ def compress(model: nn.Module, images: torch.Tensor, input_size: Sequence[int], 
     teacher, student = teacher.cpu(), student.cpu()
     recovered = recovered.cpu() if recovered is not None else None
     tick = time.perf_counter()
-    student = FoldAdapters()(student).graph_module.eval()
+    student = folding()(student).graph_module.eval()
     phases["fold"] = time.perf_counter() - tick
     report = {
         "input_size": list(size), "images": len(images), "seed": seed,

@@ -21,7 +21,8 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from fxprune.errors import FxpruneWarning, TraceError
 from fxprune.graph import parameter_dtype
-from fxprune.meta import auto_leaves, set_auto_leaves, set_tensor_meta, set_value_type
+from fxprune.meta import (auto_leaves, set_auto_leaves, set_tensor_meta, set_value_type,
+                          tensor_meta)
 
 
 class _LeafTracer(fx.Tracer):
@@ -210,6 +211,14 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor])
     finally:
         gm.train(was_training)
     return gm
+
+
+def refresh_shapes(gm: fx.GraphModule) -> fx.GraphModule:
+    """``propagate_shapes`` again with an example of the input shape the graph recorded: after
+    a pass added nodes or changed widths, every node carries its current shape."""
+    source = next(node for node in gm.graph.nodes if node.op == "placeholder")
+    shape = tensor_meta(source).shape
+    return propagate_shapes(gm, [example_input(tuple(shape[1:]), dtype=parameter_dtype(gm))])
 
 
 def example_input(input_size: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,

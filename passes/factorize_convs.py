@@ -38,6 +38,7 @@ from fxprune.meta import factorized_by, set_factorized_by
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import replace_module, unique_module_name
 from fxprune.segments import as_list, segment
+from fxprune.tracing import refresh_shapes
 
 METHODS = ("dwpw", "lowrank")
 
@@ -177,6 +178,7 @@ class FactorizeConvs(PassBase):
         if chosen:
             gm.graph.lint()
             gm.recompile()
+            refresh_shapes(gm)
         return PassResult(gm, bool(chosen))
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ Does not fire for a site that already has its adapter (idempotent). Raises
 ``PreconditionError``, before changing anything, for a missing node, a node that is not a conv
 (or is an adapter), a grouped conv (a dense 1x1 cannot fold into it) or a subclass of
 ``nn.Conv2d``. A conv whose module is called at several nodes is accepted, but an adapter
-there folds only where the graph allows it (``FoldAdapters`` says which ones it cannot).
+there folds only where the graph allows it (``CheckFolded`` names the ones left).
 """
 
 from __future__ import annotations

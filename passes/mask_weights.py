@@ -5,7 +5,7 @@ For an ungrouped conv ``W`` (O x C x kh x kw) the mask ``M`` keeps the ``round((
 entries of largest magnitude (ties to the lower flat index). The conv becomes a
 ``MaskedConv`` computing ``conv(x, (W * U) ⊙ M)`` with ``(W * U)[o, i] = sum_c W[o, c] U[c, i]``:
 ``U`` (C x C, the identity at first) is the only trainable parameter, ``W``, ``M`` and the bias
-are buffers. At ``U = I`` it is the magnitude-pruned conv. ``FoldAdapters`` replaces it by an
+are buffers. At ``U = I`` it is the magnitude-pruned conv. ``FoldMaskedConvs`` replaces it by an
 ``nn.Conv2d`` with weight ``(W * U) ⊙ M`` (computed in float64), so the shipped weight has
 exactly the mask's zeros whatever ``U`` learned.
 

@@ -1,6 +1,6 @@
 """PruneCoupledMaps: prune the channels of a residual stream — the feature maps between
 blocks, shortcut included (the paper's Fig. 4c/d) — through adapters that recovery trains
-and ``FoldAdapters`` folds into a really narrower stream.
+and ``fxprune.passes.folding`` folds into a really narrower stream.
 
 For a ``CoupledMap`` with C channels, producers ``P_1..P_m`` (every conv writing into the
 stream: the stage's first conv or downsample conv, each block's last conv) and consumers

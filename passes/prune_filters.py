@@ -1,5 +1,5 @@
 """PruneFilters: prune the filters of prunable feature maps (L1 norm), through adapters that
-recovery can train and ``FoldAdapters`` folds into a really smaller network.
+recovery can train and ``folding`` folds into a really smaller network.
 
 For a map ``producer -> [BN] -> act -> [pool] -> consumer`` with C channels, keeping the set K
 of N filters with the largest L1 norm (``sum |W[k]|`` over the producer's filter ``k``; ties
@@ -10,9 +10,9 @@ to the lower index; kept channels stay in order) and the selection matrix S (N x
              -> A_in (N -> C, = S^T) -> consumer
 
 which computes exactly what the L1-pruned network computes (the pruned channels are zeros at
-the consumer). Recovery may train A_out, BN(N) and A_in; ``FoldAdapters`` then folds A_out and
+the consumer). Recovery may train A_out, BN(N) and A_in; ``folding`` then folds A_out and
 BN(N) into the producer (N filters) and A_in into the consumer (N input channels), so
-``PruneFilters`` followed by ``FoldAdapters`` with no training in between *is* L1 pruning.
+``PruneFilters`` followed by ``folding`` with no training in between *is* L1 pruning.
 The three nodes carry ``fxprune.meta.prune_group`` = the producer's name.
 
 Does not fire for a producer already pruned (idempotent). Raises ``PreconditionError``,
@@ -30,11 +30,11 @@ from torch import fx, nn
 from fxprune.adapters import Adapter, AdapterSite
 from fxprune.analysis.channels import PrunableMap, prunable_maps
 from fxprune.errors import PreconditionError
-from fxprune.graph import callers, module_of, named_modules, parameter_dtype, shape_of
+from fxprune.graph import callers, module_of, named_modules
 from fxprune.meta import prune_group, set_adapter_site, set_prune_group
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import replace_module, unique_module_name
-from fxprune.tracing import example_input, propagate_shapes
+from fxprune.tracing import refresh_shapes
 
 
 def l1_kept(convs: Sequence[nn.Conv2d], keep: int) -> torch.Tensor:
@@ -90,8 +90,7 @@ class ChannelPruning(PassBase):
         if todo:
             gm.graph.lint()
             gm.recompile()
-            shape = shape_of(next(n for n in gm.graph.nodes if n.op == "placeholder"))
-            propagate_shapes(gm, [example_input(shape[1:], dtype=parameter_dtype(gm))])
+            refresh_shapes(gm)
         return PassResult(gm, bool(todo))
 
     def _todo(self, gm: fx.GraphModule) -> list[str]:

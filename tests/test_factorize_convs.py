@@ -13,7 +13,7 @@ from fxprune.adapters import AdapterSite
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.meta import factorized_by
 from fxprune.models import cifar_resnet
-from fxprune.passes import FactorizeConvs, FoldAdapters, InsertAdapters
+from fxprune.passes import FactorizeConvs, InsertAdapters, folding
 from fxprune.passes.factorize_convs import (OutputStatistics, dwpw_pair,
                                             factorizable, lowrank_pair)
 from fxprune.recovery.fit import FitConfig
@@ -70,7 +70,7 @@ def test_adapter_between_the_pair_folds_exactly(resnet, method):
     randomize_adapters(gm, seed=5, scale=0.3)
     x = example_input(SIZE, batch=3, seed=6, dtype=torch.float64)
     expected = gm(x)
-    folded = FoldAdapters()(gm).graph_module
+    folded = folding()(gm).graph_module
     torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
 
 
@@ -101,7 +101,7 @@ def test_recovery_of_a_factorized_network(resnet):
     for config in (RecoveryConfig(init="lstsq", fit=None),
                    RecoveryConfig(fit=FitConfig(lr=3e-3, max_steps=40, patience=40))):
         recover(teacher, student, images, config, progress=False)
-    after = torch.nn.functional.mse_loss(FoldAdapters()(student).graph_module(images),
+    after = torch.nn.functional.mse_loss(folding()(student).graph_module(images),
                                          teacher(images)).item()
     assert after < 0.7 * before
 

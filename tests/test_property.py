@@ -25,7 +25,7 @@ from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
 from fxprune.graph import conv_of, is_add, module_of, named_modules, owns_module
 from fxprune.meta import adapter_site, dropped_blocks
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
+from fxprune.passes import DropBlocks, InsertAdapters, folding
 
 from fxprune.tracing import trace
 from tests.helpers import (FP64_ATOL, calibrate_and_randomize, count_modules, max_abs_diff,
@@ -149,7 +149,7 @@ def test_random_cnn_drop_insert_fold(seed: int) -> None:
     before = _run(gm, x)
 
     # --- fold ----------------------------------------------------------------------------
-    result = FoldAdapters(strict=False)(gm)
+    result = folding(strict=False)(gm)
     assert result.modified
     gm.graph.lint()
     after = _run(gm, x)
@@ -161,7 +161,7 @@ def test_random_cnn_drop_insert_fold(seed: int) -> None:
     for node in gm.graph.nodes:  # a BN stays only after a conv it cannot fold into
         if isinstance(module_of(node, named_modules(gm)), nn.BatchNorm2d):
             assert not owns_module(gm, node.args[0]) or len(node.args[0].users) > 1
-    assert not FoldAdapters(strict=False)(gm).modified
+    assert not folding(strict=False)(gm).modified
     assert torch.equal(_run(gm, x), after)
     assert model.state_dict().keys() == state.keys()  # no pass or helper touched the model
     assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())

@@ -22,7 +22,7 @@ from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import named_modules
 from fxprune.meta import kept_channels, prune_group, stand_in
 from fxprune.models import cifar_resnet
-from fxprune.passes import FoldAdapters, PruneCoupledMaps, PruneFilters
+from fxprune.passes import PruneCoupledMaps, PruneFilters, folding
 from fxprune.pipeline import explicit_counts
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
@@ -129,7 +129,7 @@ def test_pruned_then_folded_equals_hand_pruning(resnet):
     expected = _hand_pruned(trace(resnet, SIZE), keep)(x)
     assert not torch.allclose(expected, resnet(x))  # the pruning does something
     torch.testing.assert_close(pruned(x), expected, rtol=0, atol=FP64_ATOL)
-    folded = FoldAdapters()(pruned).graph_module
+    folded = folding()(pruned).graph_module
     assert count_modules(folded, Adapter) == 0
     torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
     convs = {name: m for name, m in folded.named_modules() if isinstance(m, nn.Conv2d)}
@@ -147,7 +147,7 @@ def test_trained_adapters_fold_exactly(resnet):
     randomize_adapters(gm, seed=4, scale=0.3)
     x = example_input(SIZE, batch=3, seed=2, dtype=torch.float64)
     expected = gm(x)
-    torch.testing.assert_close(FoldAdapters()(gm).graph_module(x), expected, rtol=0,
+    torch.testing.assert_close(folding()(gm).graph_module(x), expected, rtol=0,
                                atol=FP64_ATOL)
 
 
