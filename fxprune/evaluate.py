@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fxprune.export import onnx_outputs
-from fxprune.recovery.segments import run_batched
+from fxprune.segments import run_batched
 
 
 def predictions(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

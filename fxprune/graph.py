@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fxprune.adapters import PRUNE_GROUP_META, Adapter, MaskedConv
+from fxprune.adapters import Adapter, MaskedConv
+from fxprune.meta import prune_group, tensor_meta
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.ELU,
                       nn.Mish, nn.Hardtanh, nn.PReLU)
@@ -64,7 +65,7 @@ def recovery_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     modules = named_modules(gm)
     return [node for node in gm.graph.nodes
             if isinstance(module_of(node, modules), (Adapter, MaskedConv))
-            or PRUNE_GROUP_META in node.meta]
+            or prune_group(node) is not None]
 
 
 def masked_nodes(gm: fx.GraphModule) -> list[fx.Node]:
@@ -146,8 +147,7 @@ def tensor_inputs(node: fx.Node) -> list[fx.Node]:
 
 def shape_of(node: fx.Node) -> tuple[int, ...] | None:
     """The output shape recorded by shape propagation, or None for non-tensor outputs."""
-    meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
+    shape = getattr(tensor_meta(node), "shape", None)
     return tuple(shape) if shape is not None else None
 
 

@@ -21,7 +21,8 @@ from torch import fx, nn
 
 from fxprune.adapters import AdapterSite
 from fxprune.analysis.sites import drop_sites
-from fxprune.analysis.structure import Structure, find_structure, stand_in
+from fxprune.analysis.structure import Structure, find_structure
+from fxprune.meta import stand_in
 from fxprune.errors import FxpruneError, FxpruneWarning
 from fxprune.options import Drop, Options, Placement, Recovery, Schedule
 from fxprune.pass_manager import PassManager, this_before_that

@@ -14,7 +14,8 @@ from torch import fx, nn
 
 from fxprune.analysis.channels import coupled_maps, prunable_maps
 from fxprune.analysis.droppable import nothing_to_drop
-from fxprune.analysis.structure import Structure, stand_in
+from fxprune.analysis.structure import Structure
+from fxprune.meta import stand_in
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import adapter_nodes, conv_of, named_modules, owns_module
 from fxprune.options import Drop, PruningAmount

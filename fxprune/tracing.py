@@ -21,9 +21,8 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from fxprune.errors import FxpruneWarning, TraceError
 from fxprune.graph import parameter_dtype
-
-# gm.meta: {module path: (why it could not be traced, its class then)}
-AUTO_LEAVES_META = "fxprune.auto_leaves"
+from fxprune.meta import (auto_leaves, set_auto_leaves, set_tensor_meta, set_value_type,
+                          tensor_meta)
 
 
 class _LeafTracer(fx.Tracer):
@@ -122,7 +121,7 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[type | str] = (),
     """``torch.fx`` trace of ``model``; ``leaf_modules`` are module types or qualified names
     that stay single ``call_module`` nodes instead of being traced through. With
     ``auto_leaf``, modules that cannot be traced become leaves too, listed with the reason in
-    ``gm.meta[AUTO_LEAVES_META]``."""
+    ``fxprune.meta.auto_leaves(gm)``."""
     tracer = _LeafTracer(*_split_leaves(leaf_modules), auto_leaf=auto_leaf)
     try:
         graph = tracer.trace(model)
@@ -135,7 +134,7 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[type | str] = (),
             f"Mark it as a leaf (leaf_modules=[...] / --leaf {where or 'MODULE'}) so it stays opaque."
         ) from error
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    gm.meta[AUTO_LEAVES_META] = dict(tracer.auto_leaves)
+    set_auto_leaves(gm, dict(tracer.auto_leaves))
     return gm
 
 
@@ -164,8 +163,8 @@ class _ShapeRecorder(fx.Interpreter):
 
         meta = map_aggregate(result, tensor_meta)
         if found_tensor:
-            node.meta["tensor_meta"] = meta
-        node.meta["type"] = type(result)
+            set_tensor_meta(node, meta)
+        set_value_type(node, type(result))
         return result
 
 
@@ -214,6 +213,14 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor])
     return gm
 
 
+def refresh_shapes(gm: fx.GraphModule) -> fx.GraphModule:
+    """``propagate_shapes`` again with an example of the input shape the graph recorded: after
+    a pass added nodes or changed widths, every node carries its current shape."""
+    source = next(node for node in gm.graph.nodes if node.op == "placeholder")
+    shape = tensor_meta(source).shape
+    return propagate_shapes(gm, [example_input(tuple(shape[1:]), dtype=parameter_dtype(gm))])
+
+
 def example_input(input_size: Sequence[int], batch: int = 1, dtype: torch.dtype = torch.float32,
                   seed: int = 0) -> torch.Tensor:
     """A reproducible random NCHW input of the given (C, H, W) size."""
@@ -239,7 +246,7 @@ def trace(model: nn.Module, input_size: Sequence[int], leaf_modules: Iterable[ty
         from fxprune.canonical import canonicalize  # the passes import this module
         propagate_shapes(canonicalize(gm), example)
     if opaque := opaque_leaves(gm):
-        listing = "; ".join(f"{path} ({gm.meta[AUTO_LEAVES_META][path][0]})" for path in opaque)
+        listing = "; ".join(f"{path} ({auto_leaves(gm)[path][0]})" for path in opaque)
         warnings.warn(f"kept opaque (torch.fx cannot trace them; the analysis sees each as one "
                       f"op): {listing}", FxpruneWarning, stacklevel=2)
     return gm
@@ -251,5 +258,5 @@ def opaque_leaves(gm: fx.GraphModule) -> list[str]:
     inside a later leaf is no longer called, and dead ones are gone."""
     modules = dict(gm.named_modules())
     called = {node.target for node in gm.graph.nodes if node.op == "call_module"}
-    return sorted(path for path, (_, kind) in gm.meta.get(AUTO_LEAVES_META, {}).items()
+    return sorted(path for path, (_, kind) in auto_leaves(gm).items()
                   if path in called and type(modules.get(path)) is kind)

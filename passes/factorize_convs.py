@@ -34,12 +34,13 @@ from torch import fx, nn
 
 from fxprune.errors import PreconditionError
 from fxprune.graph import foldable_conv, named_modules, owns_module
+from fxprune.meta import factorized_by, set_factorized_by
 from fxprune.pass_manager import PassBase, PassResult
-from fxprune.recovery.segments import as_list, segment
 from fxprune.rewrite import replace_module, unique_module_name
+from fxprune.segments import as_list, segment
+from fxprune.tracing import refresh_shapes
 
 METHODS = ("dwpw", "lowrank")
-FACTOR_META = "fxprune.factorized"  # node.meta of a first conv this pass made: the method
 
 
 def dwpw_pair(conv: nn.Conv2d) -> tuple[nn.Conv2d, nn.Conv2d]:
@@ -125,6 +126,12 @@ def _eligible(gm, node, modules, method: str) -> bool:
     return method == "lowrank" or max(conv.kernel_size) > 1
 
 
+def _factorized(gm: fx.GraphModule) -> set[str]:
+    """The second convs of the pairs this pass made before."""
+    return {node.users and next(iter(node.users)).name for node in gm.graph.nodes
+            if factorized_by(node) is not None}
+
+
 class FactorizeConvs(PassBase):
     def __init__(self, method: str, convs: Iterable[str] | None = None, energy: float = 0.4,
                  images: torch.Tensor | None = None):
@@ -137,16 +144,21 @@ class FactorizeConvs(PassBase):
         self.method, self.energy, self.images = method, energy, images
         self.convs = None if convs is None else list(convs)
 
+    def requires(self, gm: fx.GraphModule) -> None:
+        """Every named conv not factorized yet is eligible."""
+        modules = named_modules(gm)
+        nodes = {node.name: node for node in gm.graph.nodes}
+        done = _factorized(gm)
+        for name in self.convs or ():
+            if name not in done and not _eligible(gm, nodes.get(name), modules, self.method):
+                raise PreconditionError(f"cannot factorize '{name}': not an ungrouped "
+                                        "nn.Conv2d node (k > 1 for dwpw) owning its module")
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         modules = named_modules(gm)
         nodes = {node.name: node for node in gm.graph.nodes}
-        done = {node.users and next(iter(node.users)).name for node in gm.graph.nodes
-                if FACTOR_META in node.meta}
+        done = _factorized(gm)
         if self.convs is not None:
-            for name in self.convs:  # refuse before changing anything
-                if name not in done and not _eligible(gm, nodes.get(name), modules, self.method):
-                    raise PreconditionError(f"cannot factorize '{name}': not an ungrouped "
-                                            "nn.Conv2d node (k > 1 for dwpw) owning its module")
             chosen = [nodes[name] for name in self.convs if name not in done]
         else:
             chosen = [node for node in gm.graph.nodes
@@ -160,12 +172,13 @@ class FactorizeConvs(PassBase):
             gm.add_submodule(name, first)
             with gm.graph.inserting_before(node):
                 first_node = gm.graph.call_module(name, (node.args[0],))
-            first_node.meta[FACTOR_META] = self.method
+            set_factorized_by(first_node, self.method)
             node.replace_input_with(node.args[0], first_node)
             replace_module(gm, node, second)
         if chosen:
             gm.graph.lint()
             gm.recompile()
+            refresh_shapes(gm)
         return PassResult(gm, bool(chosen))
 
     @torch.no_grad()

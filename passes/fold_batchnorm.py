@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from fxprune.adapters import fold_batchnorm
+from fxprune.fold_algebra import fold_batchnorm
 from fxprune.graph import foldable_conv, module_of, named_modules, owns_module
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import finalize, replace_module

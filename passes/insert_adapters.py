@@ -9,12 +9,12 @@ A site names a conv node and a side:
   conv and its BN, or after a downsample conv. ``A`` has a bias (it folds exactly into the conv).
 
 Each adapter starts as the identity, so the pass does not change the network's function. The
-adapter node remembers its site (``node.meta["fxprune.adapter_site"]``).
+adapter node remembers its site (``fxprune.meta.adapter_site``).
 Does not fire for a site that already has its adapter (idempotent). Raises
 ``PreconditionError``, before changing anything, for a missing node, a node that is not a conv
 (or is an adapter), a grouped conv (a dense 1x1 cannot fold into it) or a subclass of
 ``nn.Conv2d``. A conv whose module is called at several nodes is accepted, but an adapter
-there folds only where the graph allows it (``FoldAdapters`` says which ones it cannot).
+there folds only where the graph allows it (``CheckFolded`` names the ones left).
 """
 
 from __future__ import annotations
@@ -23,22 +23,25 @@ from collections.abc import Iterable
 
 from torch import fx
 
-from fxprune.adapters import ADAPTER_META, Adapter, AdapterSite
-from fxprune.analysis.structure import BLOCK_ID_META
+from fxprune.adapters import Adapter, AdapterSite
 from fxprune.errors import PreconditionError
 from fxprune.graph import conv_of, foldable_conv, named_modules
+from fxprune.meta import (adapter_site, has_tensor_meta, set_adapter_site, set_tensor_meta,
+                          tensor_meta)
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import unique_module_name
+
 
 class InsertAdapters(PassBase):
     def __init__(self, sites: Iterable[AdapterSite]):
         super().__init__()
         self.sites = list(dict.fromkeys(sites))
 
-    def call(self, gm: fx.GraphModule) -> PassResult:
+    def requires(self, gm: fx.GraphModule) -> None:
+        """Every site names an ungrouped plain ``nn.Conv2d`` node."""
         modules = named_modules(gm)
         nodes = {node.name: node for node in gm.graph.nodes}
-        for site in self.sites:  # refuse before changing anything
+        for site in self.sites:
             conv_node = nodes.get(site.conv)
             if conv_node is None:
                 raise PreconditionError(f"adapter site: no node named '{site.conv}'")
@@ -53,7 +56,11 @@ class InsertAdapters(PassBase):
                 raise PreconditionError(
                     f"no adapter at the {site.side} of conv '{site.conv}': it is a "
                     f"{type(conv).__name__}, whose own forward a fold would lose")
-        placed = {node.meta[ADAPTER_META] for node in gm.graph.nodes if ADAPTER_META in node.meta}
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        modules = named_modules(gm)
+        nodes = {node.name: node for node in gm.graph.nodes}
+        placed = {site for node in gm.graph.nodes if (site := adapter_site(node)) is not None}
         new_sites = [site for site in self.sites if site not in placed]
         for site in new_sites:
             self._insert(gm, nodes[site.conv], conv_of(nodes[site.conv], modules), site)
@@ -78,13 +85,8 @@ class InsertAdapters(PassBase):
                 adapter_node = gm.graph.call_module(name, (conv_node,))
             conv_node.replace_all_uses_with(adapter_node,
                                             delete_user_cb=lambda user: user is not adapter_node)
-        _copy_meta(adapter_node, conv_node, shape_from=source if site.side == "input" else conv_node)
-        adapter_node.meta[ADAPTER_META] = site
-
-
-def _copy_meta(adapter_node: fx.Node, conv_node: fx.Node, shape_from: fx.Node) -> None:
-    """The adapter's output has ``shape_from``'s shape and belongs to the conv's block."""
-    if "tensor_meta" in shape_from.meta:
-        adapter_node.meta["tensor_meta"] = shape_from.meta["tensor_meta"]
-    if BLOCK_ID_META in conv_node.meta:
-        adapter_node.meta[BLOCK_ID_META] = conv_node.meta[BLOCK_ID_META]
+        # the adapter's output has the shape of the tensor it maps
+        shape_from = source if site.side == "input" else conv_node
+        if has_tensor_meta(shape_from):
+            set_tensor_meta(adapter_node, tensor_meta(shape_from))
+        set_adapter_site(adapter_node, site)

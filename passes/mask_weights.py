@@ -5,7 +5,7 @@ For an ungrouped conv ``W`` (O x C x kh x kw) the mask ``M`` keeps the ``round((
 entries of largest magnitude (ties to the lower flat index). The conv becomes a
 ``MaskedConv`` computing ``conv(x, (W * U) ⊙ M)`` with ``(W * U)[o, i] = sum_c W[o, c] U[c, i]``:
 ``U`` (C x C, the identity at first) is the only trainable parameter, ``W``, ``M`` and the bias
-are buffers. At ``U = I`` it is the magnitude-pruned conv. ``FoldAdapters`` replaces it by an
+are buffers. At ``U = I`` it is the magnitude-pruned conv. ``FoldMaskedConvs`` replaces it by an
 ``nn.Conv2d`` with weight ``(W * U) ⊙ M`` (computed in float64), so the shipped weight has
 exactly the mask's zeros whatever ``U`` learned.
 
@@ -49,17 +49,22 @@ class MaskWeights(PassBase):
         self.sparsity = sparsity
         self.convs = None if convs is None else list(convs)
 
+    def requires(self, gm: fx.GraphModule) -> None:
+        """Every named conv is masked already or maskable."""
+        modules = named_modules(gm)
+        nodes = {node.name: node for node in gm.graph.nodes}
+        for name in self.convs or ():
+            node = nodes.get(name)
+            if node is None or not isinstance(modules.get(getattr(node, "target", None)),
+                                              MaskedConv) and not self._maskable(gm, node,
+                                                                                 modules):
+                raise PreconditionError(f"cannot mask '{name}': not an ungrouped nn.Conv2d "
+                                        "node that owns its module")
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         modules = named_modules(gm)
         nodes = {node.name: node for node in gm.graph.nodes}
         if self.convs is not None:
-            for name in self.convs:  # refuse before changing anything
-                node = nodes.get(name)
-                if node is None or not isinstance(modules.get(getattr(node, "target", None)),
-                                                  MaskedConv) and not self._maskable(gm, node,
-                                                                                     modules):
-                    raise PreconditionError(f"cannot mask '{name}': not an ungrouped nn.Conv2d "
-                                            "node that owns its module")
             chosen = [nodes[name] for name in self.convs]
         else:
             chosen = [node for node in gm.graph.nodes if self._maskable(gm, node, modules)]

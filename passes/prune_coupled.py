@@ -1,6 +1,6 @@
 """PruneCoupledMaps: prune the channels of a residual stream — the feature maps between
 blocks, shortcut included (the paper's Fig. 4c/d) — through adapters that recovery trains
-and ``FoldAdapters`` folds into a really narrower stream.
+and ``fxprune.passes.folding`` folds into a really narrower stream.
 
 For a ``CoupledMap`` with C channels, producers ``P_1..P_m`` (every conv writing into the
 stream: the stage's first conv or downsample conv, each block's last conv) and consumers
@@ -18,8 +18,8 @@ the pruned channels are zeros at every consumer. Recovery trains the group's ada
 BN together (layer-wise: so that every consumer's output matches the teacher's; stage-wise
 and joint: a stage output on the stream is compared with the teacher's K channels); folding
 gives producers with N filters and consumers with N input channels. Adapters and BNs carry
-``node.meta["fxprune.prune_group"]`` = the map's name (its first producer), the stream's
-nodes ``node.meta["fxprune.kept_channels"]`` = K.
+``fxprune.meta.prune_group`` = the map's name (its first producer), the stream's
+nodes ``fxprune.meta.kept_channels`` = K.
 
 Does not fire for a map already pruned (idempotent). Raises ``PreconditionError``, before
 changing anything, for a name that heads no ``coupled_maps`` entry, a kept count outside
@@ -30,10 +30,10 @@ from __future__ import annotations
 
 from torch import fx
 
-from fxprune.adapters import KEPT_CHANNELS_META
 from fxprune.analysis.channels import CoupledMap, coupled_maps
 from fxprune.errors import PreconditionError
 from fxprune.graph import callers, module_of, named_modules
+from fxprune.meta import set_kept_channels
 from fxprune.passes.prune_filters import (ChannelPruning, grow_input, l1_kept,
                                           select_batchnorm, shrink_output)
 
@@ -69,4 +69,4 @@ class PruneCoupledMaps(ChannelPruning):
         for name in found.batchnorms:
             select_batchnorm(gm, nodes[name], kept, found.name)
         for name in found.nodes:
-            nodes[name].meta[KEPT_CHANNELS_META] = kept.tolist()
+            set_kept_channels(nodes[name], kept.tolist())

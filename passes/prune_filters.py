@@ -1,5 +1,5 @@
 """PruneFilters: prune the filters of prunable feature maps (L1 norm), through adapters that
-recovery can train and ``FoldAdapters`` folds into a really smaller network.
+recovery can train and ``folding`` folds into a really smaller network.
 
 For a map ``producer -> [BN] -> act -> [pool] -> consumer`` with C channels, keeping the set K
 of N filters with the largest L1 norm (``sum |W[k]|`` over the producer's filter ``k``; ties
@@ -10,10 +10,10 @@ to the lower index; kept channels stay in order) and the selection matrix S (N x
              -> A_in (N -> C, = S^T) -> consumer
 
 which computes exactly what the L1-pruned network computes (the pruned channels are zeros at
-the consumer). Recovery may train A_out, BN(N) and A_in; ``FoldAdapters`` then folds A_out and
+the consumer). Recovery may train A_out, BN(N) and A_in; ``folding`` then folds A_out and
 BN(N) into the producer (N filters) and A_in into the consumer (N input channels), so
-``PruneFilters`` followed by ``FoldAdapters`` with no training in between *is* L1 pruning.
-The three nodes carry ``node.meta["fxprune.prune_group"]`` = the producer's name.
+``PruneFilters`` followed by ``folding`` with no training in between *is* L1 pruning.
+The three nodes carry ``fxprune.meta.prune_group`` = the producer's name.
 
 Does not fire for a producer already pruned (idempotent). Raises ``PreconditionError``,
 before changing anything, for a producer that heads no prunable map (``prunable_maps``), a
@@ -27,13 +27,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import fx, nn
 
-from fxprune.adapters import ADAPTER_META, PRUNE_GROUP_META, Adapter, AdapterSite
+from fxprune.adapters import Adapter, AdapterSite
 from fxprune.analysis.channels import PrunableMap, prunable_maps
 from fxprune.errors import PreconditionError
-from fxprune.graph import callers, module_of, named_modules, parameter_dtype, shape_of
+from fxprune.graph import callers, module_of, named_modules
+from fxprune.meta import prune_group, set_adapter_site, set_prune_group
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import replace_module, unique_module_name
-from fxprune.tracing import example_input, propagate_shapes
+from fxprune.tracing import refresh_shapes
 
 
 def l1_kept(convs: Sequence[nn.Conv2d], keep: int) -> torch.Tensor:
@@ -58,7 +59,7 @@ def keep_counts(maps: list[PrunableMap], ratio: float) -> dict[str, int]:
 
 class ChannelPruning(PassBase):
     """What every channel-pruning pass does around its own rewrite: skip the maps a previous
-    run pruned (their nodes carry ``PRUNE_GROUP_META``), check every requested map before
+    run pruned (their nodes carry a ``prune_group``), check every requested map before
     changing anything, then prune and refresh the graph's shapes. Subclasses give ``maps``
     (name -> map), ``check`` (raises ``PreconditionError``) and ``prune``."""
 
@@ -75,21 +76,26 @@ class ChannelPruning(PassBase):
     def prune(self, gm: fx.GraphModule, found, keep: int) -> None:
         raise NotImplementedError
 
+    def requires(self, gm: fx.GraphModule) -> None:
+        """Every map still to prune exists and can keep the requested count."""
+        maps = self.maps(gm)
+        for name in self._todo(gm):
+            self.check(gm, name, maps.get(name), self.keep[name])
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         maps = self.maps(gm)
-        pruned = {node.meta[PRUNE_GROUP_META] for node in gm.graph.nodes
-                  if PRUNE_GROUP_META in node.meta}
-        todo = [name for name in self.keep if name not in pruned]
-        for name in todo:  # refuse before changing anything
-            self.check(gm, name, maps.get(name), self.keep[name])
+        todo = self._todo(gm)
         for name in todo:
             self.prune(gm, maps[name], self.keep[name])
         if todo:
             gm.graph.lint()
             gm.recompile()
-            shape = shape_of(next(n for n in gm.graph.nodes if n.op == "placeholder"))
-            propagate_shapes(gm, [example_input(shape[1:], dtype=parameter_dtype(gm))])
+            refresh_shapes(gm)
         return PassResult(gm, bool(todo))
+
+    def _todo(self, gm: fx.GraphModule) -> list[str]:
+        pruned = {prune_group(node) for node in gm.graph.nodes} - {None}
+        return [name for name in self.keep if name not in pruned]
 
 
 class PruneFilters(ChannelPruning):
@@ -139,8 +145,8 @@ def shrink_output(gm: fx.GraphModule, producer: fx.Node, kept: torch.Tensor, cha
     with gm.graph.inserting_after(producer):
         node = gm.graph.call_module(name, (producer,))
     producer.replace_all_uses_with(node, delete_user_cb=lambda user: user is not node)
-    node.meta[ADAPTER_META] = AdapterSite(producer.name, "output")
-    node.meta[PRUNE_GROUP_META] = group
+    set_adapter_site(node, AdapterSite(producer.name, "output"))
+    set_prune_group(node, group)
     return node
 
 
@@ -155,15 +161,15 @@ def grow_input(gm: fx.GraphModule, consumer: fx.Node, kept: torch.Tensor, channe
     with gm.graph.inserting_before(consumer):
         node = gm.graph.call_module(name, (source,))
     consumer.replace_input_with(source, node)
-    node.meta[ADAPTER_META] = AdapterSite(consumer.name, "input")
-    node.meta[PRUNE_GROUP_META] = group
+    set_adapter_site(node, AdapterSite(consumer.name, "input"))
+    set_prune_group(node, group)
     return node
 
 
 def select_batchnorm(gm: fx.GraphModule, node: fx.Node, kept: torch.Tensor, group: str) -> None:
     """Replace the BN that ``node`` calls by one over the ``kept`` channels."""
     replace_module(gm, node, _selected_batchnorm(module_of(node, named_modules(gm)), kept))
-    node.meta[PRUNE_GROUP_META] = group
+    set_prune_group(node, group)
 
 
 def _add_adapter(gm, channels: int, out_channels: int, weight: torch.Tensor, bias: bool) -> str:

@@ -13,6 +13,8 @@ from torch import nn
 
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import PreconditionError
+from fxprune.graph import module_of, named_modules
+from fxprune.meta import dropped_blocks
 from fxprune.models import cifar_resnet
 from fxprune.passes import DropBlocks
 from fxprune.tracing import trace
@@ -148,7 +150,7 @@ def _same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
 
 def test_identity_drop_removes_trailing_relu_and_computes_the_shortcut():
     model, x, gm = _prepared(_tiny_resnet())
-    block = find_structure(gm).block("1.2")
+    block, nxt = find_structure(gm).block("1.2"), find_structure(gm).block("1.3")
     assert (block.kind, block.shortcut, block.droppable) == ("residual", "identity", True)
     assert len(block.nodes) == 7  # conv, bn, relu, conv, bn, add, relu
     names = _names(gm)
@@ -162,7 +164,6 @@ def test_identity_drop_removes_trailing_relu_and_computes_the_shortcut():
     assert count_modules(gm, nn.Conv2d) == convs - 2
     assert count_modules(gm, nn.BatchNorm2d) == norms - 2
     entry = next(node for node in gm.graph.nodes if node.name == block.entry)
-    nxt = find_structure(gm).block("1.3")
     assert next(n for n in gm.graph.nodes if n.name == nxt.convs[0]).args[0] is entry
     # The block computes exactly its input (relu(relu(x)) == relu(x)).
     expected = _run(model, x, replace={1: lambda t: t})
@@ -231,7 +232,7 @@ def test_vgg_conv_unit_drop():
     gm.graph.lint()
     assert _names(gm) == names - set(block.nodes)
     assert count_modules(gm, nn.Conv2d) == 4 and count_modules(gm, nn.BatchNorm2d) == 4
-    assert _ids(gm) == ["1.1", "1.2", "2.1", "2.3"]
+    assert _ids(gm) == ["1.1", "1.2", "2.1", "2.2"]  # the dropped graph, numbered anew
     reference = nn.Sequential(*[layer for index, layer in enumerate(model) if index != 4])
     assert torch.equal(_run(gm, x), _run(reference, x))
 
@@ -250,7 +251,7 @@ def test_mobilenet_v2_inverted_residual_drop():
     gm.graph.lint()
     assert _names(gm) == names - set(block.nodes)
     assert count_modules(gm, nn.Conv2d) == convs - 3
-    assert _ids(gm) == [i for i in ids if i != "3.2"]
+    assert len(_ids(gm)) == len(ids) - 1
     features = nn.Sequential(*[m for index, m in enumerate(model.features) if index != 5])
     with torch.no_grad():
         expected = model.classifier(torch.flatten(F.adaptive_avg_pool2d(features(x), 1), 1))
@@ -263,19 +264,41 @@ def test_mobilenet_v2_inverted_residual_drop():
 
 
 def test_block_ids_survive_a_drop():
+    """Later drops name blocks as the graph first analysed did; the analysis of the dropped
+    graph numbers its own blocks by position."""
     gm = trace(cifar_resnet(20).double().eval(), (3, 16, 16))
     ids = _ids(gm)
     convs_13 = find_structure(gm).block("1.3").convs
 
     assert DropBlocks(["1.2"])(gm).modified
 
-    assert _ids(gm) == [i for i in ids if i != "1.2"]
-    assert find_structure(gm).block("1.3").convs == convs_13
+    assert len(_ids(gm)) == len(ids) - 1  # renumbered: 1.3 is now 1.2
+    assert find_structure(gm).block("1.2").convs == convs_13
     assert DropBlocks(["1.3"])(gm).modified  # drops the block first called 1.3
     assert not set(convs_13) & _names(gm)
-    assert _ids(gm) == [i for i in ids if i not in ("1.2", "1.3")]
     assert DropBlocks(["1.1"])(gm).modified  # a whole stage goes
-    assert [stage.id for stage in find_structure(gm).stages] == [2, 3]
+    assert [stage.id for stage in find_structure(gm).stages] == [1, 2]
+    assert dropped_blocks(gm) == ["1.2", "1.3", "1.1"]
+
+
+def test_structure_does_not_depend_on_earlier_drops():
+    """``find_structure`` after a drop equals it on the same network built without the block."""
+    dropped = trace(cifar_resnet(20).double().eval(), (3, 16, 16))
+    assert DropBlocks(["1.2", "2.3"])(dropped).modified
+    model = cifar_resnet(20).double().eval()
+    del model.layer1[1], model.layer2[2]
+    fresh = trace(model, (3, 16, 16))
+
+    def described(gm):
+        convs = [node.target for node in gm.graph.nodes
+                 if isinstance(module_of(node, named_modules(gm)), nn.Conv2d)]
+        structure = find_structure(gm)
+        nodes = {node.name: node for node in gm.graph.nodes}
+        return [(block.id, block.kind, block.shortcut, block.in_shape, block.out_shape,
+                 [convs.index(nodes[name].target) for name in block.convs])
+                for block in structure.blocks], len(structure.stem), len(structure.head)
+
+    assert described(dropped) == described(fresh)
 
 
 def test_dropping_twice_is_a_noop():
@@ -301,7 +324,7 @@ def test_adjacent_blocks_in_one_call(order):
 
     gm.graph.lint()
     assert sorted(dropped & _names(gm)) == []
-    assert _ids(gm) == ["1.3", "2.1", "2.2"]
+    assert _ids(gm) == ["1.1", "2.1", "2.2"]
     identity = lambda t: t  # noqa: E731
     assert torch.equal(_run(gm, x), _run(model, x, replace={0: identity, 1: identity}))
 
@@ -318,7 +341,7 @@ def test_adjacent_vgg_units_in_one_call():
                                   "last_residual_of_a_plain_net"])
 def test_structure_after_drop_keeps_the_other_blocks(case):
     """What stays of a dropped block (its kept activation, its projection shortcut) must not
-    change how the neighbouring blocks are recognised or numbered."""
+    change which nodes a later drop of a neighbouring block (by its original id) removes."""
     torch.manual_seed(0)
     if case == "kept_relu_after_linear_project":
         # 1.1 inverted residual without shortcut, ending in a linear 1x1 conv + BN;
@@ -338,16 +361,17 @@ def test_structure_after_drop_keeps_the_other_blocks(case):
             nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())], width=8, stem_width=4)
         dropped = "1.1"
     model, x, gm = _prepared(net)
-    ids = _ids(gm)
-    assert dropped in ids
+    structure = find_structure(gm)
+    assert dropped in [block.id for block in structure.blocks]
 
     assert DropBlocks([dropped])(gm).modified
 
-    after = _ids(gm)
-    assert len(after) == len(set(after)), after
-    assert dropped not in after
-    if case != "last_residual_of_a_plain_net":
-        assert after == [i for i in ids if i != dropped]
+    for block in structure.blocks:
+        if block.id != dropped and block.droppable:
+            names = _names(gm)
+            assert DropBlocks([block.id])(gm).modified
+            assert names - _names(gm) <= set(block.nodes)
+            assert not set(block.convs) & _names(gm)
 
 
 # --- negative cases ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from fxprune.errors import ModelSpecError
 from fxprune.evaluate import top1
 from fxprune.models.efficientnet_lite import LITE_MEAN, efficientnet_lite, plain_convs
 from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
+from fxprune.passes import DropBlocks, InsertAdapters, folding
 from fxprune.tracing import example_input
 from tests.helpers import (assert_equivalent, calibrate_and_randomize, randomize_adapters,
                            shared_path)
@@ -68,7 +68,7 @@ def test_dropped_blocks_with_adapters_fold_exactly(lite0):
     x = example_input(SIZE, batch=2, dtype=torch.float64, seed=3)
     with torch.no_grad():
         expected = student(x)
-        folded = FoldAdapters()(student).graph_module
+        folded = folding()(student).graph_module
         assert_equivalent(expected, folded(x))
 
 

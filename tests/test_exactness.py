@@ -14,7 +14,7 @@ from fxprune.analysis.structure import find_structure
 from fxprune.resolve import paper_rule
 from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
+from fxprune.passes import DropBlocks, InsertAdapters, folding
 from fxprune.tracing import example_input, trace
 from tests.helpers import (calibrate_and_randomize, count_modules, max_abs_diff, max_rel_diff,
                            randomize_adapters)
@@ -66,7 +66,7 @@ def test_fold_is_exact(name):
         with torch.no_grad():
             unfolded = gm(x)
             assert max_abs_diff(unfolded, identity_output) > 1e-6  # the adapters do something
-            assert FoldAdapters()(gm).modified
+            assert folding()(gm).modified
             folded = gm(x)
         assert count_modules(gm, (Adapter, nn.BatchNorm2d)) == 0
         error = metric(unfolded, folded)

@@ -16,7 +16,7 @@ from fxprune.export import (ExportError, export_onnx, onnx_macs, onnx_max_abs_di
 from fxprune.macs import count_params, node_macs, total_macs
 from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters
+from fxprune.passes import DropBlocks, FoldBatchNorm, InsertAdapters, folding
 from fxprune.tracing import example_input, trace
 from tests.helpers import calibrate_and_randomize, count_modules, randomize_adapters
 
@@ -76,7 +76,7 @@ def test_folded_recovered_model_has_the_ops_of_the_plain_pruned_network(tmp_path
     x = example_input(size, batch=2, seed=2)
     with torch.no_grad():
         expected = recovered(x)
-    recovered = FoldAdapters()(recovered).graph_module
+    recovered = folding()(recovered).graph_module
 
     plain_ops = onnx_op_counts(export_onnx(plain, size, tmp_path / "plain.onnx"))
     folded_path = export_onnx(recovered, size, tmp_path / "folded.onnx")

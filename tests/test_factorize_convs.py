@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
 import fxprune
 from fxprune import Decouple, Init, Options, Recovery
 from fxprune.adapters import AdapterSite
 from fxprune.errors import FxpruneError, PreconditionError
+from fxprune.meta import factorized_by
 from fxprune.models import cifar_resnet
-from fxprune.passes import FactorizeConvs, FoldAdapters, InsertAdapters
-from fxprune.passes.factorize_convs import (FACTOR_META, OutputStatistics, dwpw_pair,
+from fxprune.passes import FactorizeConvs, InsertAdapters, folding
+from fxprune.passes.factorize_convs import (OutputStatistics, dwpw_pair,
                                             factorizable, lowrank_pair)
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
@@ -64,13 +65,13 @@ def test_adapter_between_the_pair_folds_exactly(resnet, method):
     images = example_input(SIZE, batch=8, seed=4, dtype=torch.float64)
     gm = FactorizeConvs(method, energy=0.6, images=images)(trace(resnet, SIZE)).graph_module
     names = [node.name for node in gm.graph.nodes
-             if node.args and getattr(node.args[0], "meta", {}).get(FACTOR_META)]
+             if node.args and isinstance(node.args[0], fx.Node) and factorized_by(node.args[0])]
     assert len(names) == 19  # every conv of ResNet-20 is 3x3 (option-A shortcuts have none)
     gm = InsertAdapters([AdapterSite(name, "input") for name in names])(gm).graph_module
     randomize_adapters(gm, seed=5, scale=0.3)
     x = example_input(SIZE, batch=3, seed=6, dtype=torch.float64)
     expected = gm(x)
-    folded = FoldAdapters()(gm).graph_module
+    folded = folding()(gm).graph_module
     torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
 
 
@@ -101,7 +102,7 @@ def test_recovery_of_a_factorized_network(resnet):
     for config in (RecoveryConfig(init="lstsq", fit=None),
                    RecoveryConfig(fit=FitConfig(lr=3e-3, max_steps=40, patience=40))):
         recover(teacher, student, images, config, progress=False)
-    after = torch.nn.functional.mse_loss(FoldAdapters()(student).graph_module(images),
+    after = torch.nn.functional.mse_loss(folding()(student).graph_module(images),
                                          teacher(images)).item()
     assert after < 0.7 * before
 

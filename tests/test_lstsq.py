@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fxprune.adapters import Adapter
-from fxprune.passes import FoldAdapters
+from fxprune.passes import folding
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
@@ -139,7 +139,7 @@ def test_closed_form_recovery_lowers_every_layer_loss(teacher, images, placement
         assert report.loss_after < report.loss_before or report.loss_before < 1e-9, report
         assert report.epochs == 0
     assert any(report.loss_after < 0.9 * report.loss_before for report in reports)
-    folded = FoldAdapters()(student).graph_module
+    folded = folding()(student).graph_module
     torch.testing.assert_close(folded(images), student(images), rtol=1e-4, atol=1e-4)
 
 

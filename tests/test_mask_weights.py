@@ -13,7 +13,7 @@ from fxprune.adapters import MaskedConv
 from fxprune.errors import PreconditionError
 from fxprune.graph import masked_nodes, named_modules
 from fxprune.models import cifar_resnet
-from fxprune.passes import FoldAdapters, MaskWeights
+from fxprune.passes import MaskWeights, folding
 from fxprune.passes.mask_weights import magnitude_mask
 from fxprune.recovery.finetune import FinetuneConfig, finetune
 from fxprune.recovery.fit import FitConfig
@@ -53,7 +53,7 @@ def test_masked_network_is_magnitude_pruning_and_folds_with_exact_zeros(resnet):
         with torch.no_grad():
             modules[node.target].adapter.add_(0.3 * torch.randn_like(modules[node.target].adapter))
     expected = masked(x)
-    folded = FoldAdapters()(masked).graph_module
+    folded = folding()(masked).graph_module
     assert not masked_nodes(folded)
     torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
     # BN folded into the conv scales rows: the zeros are exactly the mask's
@@ -109,7 +109,7 @@ def test_recovery_of_a_masked_network(resnet, schedule):
                                                               patience=80))
     reports = recover(teacher, student, images, config, progress=False)
     assert all(report.loss_after < report.loss_before for report in reports)
-    folded = FoldAdapters()(student).graph_module
+    folded = folding()(student).graph_module
     error = torch.nn.functional.mse_loss(folded(images), teacher(images)).item()
     assert error < 0.7 * pruned_error
 

@@ -13,7 +13,7 @@ from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
 from fxprune.analysis.trunk import trunk
 from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
+from fxprune.passes import DropBlocks, InsertAdapters, folding
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig
 from fxprune.tracing import example_input, trace
@@ -57,7 +57,7 @@ def test_rule_drop_inside_the_split_folds_exactly():
     with torch.no_grad():
         assert randomize_adapters(gm, scale=0.3) == len(sites) > 0
         unfolded = gm(x)
-        gm = FoldAdapters()(gm).graph_module
+        gm = folding()(gm).graph_module
         assert max_abs_diff(unfolded, gm(x)) <= FP64_ATOL
     assert count_modules(gm, Adapter) == 0
 

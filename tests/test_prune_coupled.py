@@ -15,19 +15,20 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 import fxprune
 from fxprune import Drop, Options, Placement, Recovery, Schedule, StreamPruning
-from fxprune.adapters import KEPT_CHANNELS_META, PRUNE_GROUP_META, Adapter
+from fxprune.adapters import Adapter
 from fxprune.analysis.channels import coupled_maps
-from fxprune.analysis.structure import find_structure, stand_in
+from fxprune.analysis.structure import find_structure
 from fxprune.cli import main
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import named_modules
+from fxprune.meta import kept_channels, prune_group, stand_in
 from fxprune.models import cifar_resnet
-from fxprune.passes import FoldAdapters, PruneCoupledMaps, PruneFilters
+from fxprune.passes import PruneCoupledMaps, PruneFilters, folding
 from fxprune.resolve import explicit_counts
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, _layer_groups, _stage_targets, recover
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.segments import run_batched, segment
 from fxprune.tracing import example_input, trace
 from tests.helpers import FP64_ATOL, calibrate_and_randomize, count_modules, randomize_adapters
 
@@ -129,7 +130,7 @@ def test_pruned_then_folded_equals_hand_pruning(resnet):
     expected = _hand_pruned(trace(resnet, SIZE), keep)(x)
     assert not torch.allclose(expected, resnet(x))  # the pruning does something
     torch.testing.assert_close(pruned(x), expected, rtol=0, atol=FP64_ATOL)
-    folded = FoldAdapters()(pruned).graph_module
+    folded = folding()(pruned).graph_module
     assert count_modules(folded, Adapter) == 0
     torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
     convs = {name: m for name, m in folded.named_modules() if isinstance(m, nn.Conv2d)}
@@ -142,12 +143,12 @@ def test_pruned_then_folded_equals_hand_pruning(resnet):
 
 def test_trained_adapters_fold_exactly(resnet):
     gm = PruneCoupledMaps({"conv1": 4, "layer2_0_conv2": 12})(resnet).graph_module
-    assert sum(PRUNE_GROUP_META in node.meta for node in gm.graph.nodes) == (3 + 4 + 3) + \
+    assert sum(prune_group(node) is not None for node in gm.graph.nodes) == (3 + 4 + 3) + \
         (2 + 2 + 2)  # per stream: producers' and consumers' adapters, BNs
     randomize_adapters(gm, seed=4, scale=0.3)
     x = example_input(SIZE, batch=3, seed=2, dtype=torch.float64)
     expected = gm(x)
-    torch.testing.assert_close(FoldAdapters()(gm).graph_module(x), expected, rtol=0,
+    torch.testing.assert_close(folding()(gm).graph_module(x), expected, rtol=0,
                                atol=FP64_ATOL)
 
 
@@ -216,7 +217,7 @@ def test_stage_schedules_compare_a_narrowed_stage_output_at_its_kept_channels(sc
     full = dict(zip(outputs, run_batched(
         segment(teacher, ["x"], [stand_in(teacher, s.blocks[-1].exit)
                                  for s in find_structure(teacher).stages]), [images], 8)))
-    kept = [node.meta.get(KEPT_CHANNELS_META) for node in student.graph.nodes
+    kept = [kept_channels(node) for node in student.graph.nodes
             if node.name in outputs]
     assert [len(channels) if channels else None for channels in kept] == [4, 8, 16, None]
     for name, target, channels in zip(outputs, targets, kept):
@@ -320,7 +321,7 @@ def test_layerwise_trains_what_feeds_a_stream_first():
     gm = trace(_PreActivation().eval(), (3, 16, 16))
     gm = PruneCoupledMaps({"short": 8})(gm).graph_module
     gm = PruneFilters({"conv1": 8})(gm).graph_module
-    groups = [(sorted({node.meta[PRUNE_GROUP_META] for node in members}), convs)
+    groups = [(sorted({prune_group(node) for node in members}), convs)
               for members, _, convs in _layer_groups(gm)]
     assert groups == [(["conv1"], ["conv2"]), (["short"], ["head"])]
 

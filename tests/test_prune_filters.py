@@ -14,12 +14,13 @@ from torch import nn
 
 import fxprune
 from fxprune import FilterPruning, Options
-from fxprune.adapters import PRUNE_GROUP_META, Adapter
+from fxprune.adapters import Adapter
 from fxprune.analysis.channels import prunable_maps
 from fxprune.commands.compress import pruning_spec
 from fxprune.errors import PreconditionError
+from fxprune.meta import prune_group
 from fxprune.models import cifar_resnet
-from fxprune.passes import FoldAdapters, PruneFilters
+from fxprune.passes import PruneFilters, folding
 from fxprune.passes.prune_filters import keep_counts, l1_kept
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
@@ -103,11 +104,11 @@ def test_pruned_then_folded_equals_hand_pruning(resnet, dtype):
     for handle in handles:
         handle.remove()
     pruned = PruneFilters(keep)(trace(gm, SIZE)).graph_module
-    assert sum(PRUNE_GROUP_META in node.meta for node in pruned.graph.nodes) == 3 * len(keep)
+    assert sum(prune_group(node) is not None for node in pruned.graph.nodes) == 3 * len(keep)
     tolerance = dict(rtol=0, atol=FP64_ATOL) if dtype == torch.float64 else dict(
         rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(pruned(x), expected, **tolerance)
-    folded = FoldAdapters()(pruned).graph_module
+    folded = folding()(pruned).graph_module
     assert count_modules(folded, Adapter) == 0
     torch.testing.assert_close(folded(x), expected, **tolerance)
     convs = {name: module for name, module in folded.named_modules()
@@ -124,7 +125,7 @@ def test_trained_adapters_fold_exactly(resnet):
                 module.weight.mul_(1.3)
     x = example_input(SIZE, batch=3, seed=2, dtype=torch.float64)
     expected = gm(x)
-    folded = FoldAdapters()(gm).graph_module
+    folded = folding()(gm).graph_module
     torch.testing.assert_close(folded(x), expected, rtol=0, atol=FP64_ATOL)
 
 
@@ -155,14 +156,14 @@ def test_recovery_of_a_pruned_network(resnet, schedule):
     student = PruneFilters(keep_counts(prunable_maps(resnet), 0.5))(
         trace(resnet, SIZE)).graph_module
     images = example_input(SIZE, batch=24, seed=7)
-    pruned = FoldAdapters()(trace(student, SIZE)).graph_module
+    pruned = folding()(trace(student, SIZE)).graph_module
     config = RecoveryConfig(schedule=schedule, fit=FitConfig(lr=3e-3, max_steps=40,
                                                               patience=40))
     reports = recover(teacher, student, images, config, progress=False)
     if schedule == "layerwise":  # one step per pruned map: two adapters and the BN
         assert len(reports) == 9 and all(len(report.adapters) == 3 for report in reports)
     assert all(report.loss_after < report.loss_before for report in reports)
-    recovered = FoldAdapters()(student).graph_module
+    recovered = folding()(student).graph_module
     error = F.mse_loss(recovered(images), teacher(images))
     assert error < 0.7 * F.mse_loss(pruned(images), teacher(images))
 

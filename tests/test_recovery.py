@@ -14,7 +14,7 @@ from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.recovery.fit import FitConfig, fit
 from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.segments import run_batched, segment
 from fxprune.tracing import example_input, trace
 from tests.helpers import calibrate_and_randomize
 

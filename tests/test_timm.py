@@ -18,7 +18,7 @@ from fxprune.cli import main
 from fxprune.errors import ModelSpecError, TraceError
 from fxprune.models import load_model
 from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
+from fxprune.passes import DropBlocks, InsertAdapters, folding
 from fxprune.resolve import paper_rule
 from fxprune.tracing import example_input, trace
 from tests.helpers import calibrate_and_randomize, count_modules, randomize_adapters
@@ -76,7 +76,7 @@ def test_rule_drop_folds_exactly_in_float64(name):
             identity = student(x)
             assert randomize_adapters(student, scale=0.3) > 0
             unfolded = student(x)
-            assert FoldAdapters()(student).modified
+            assert folding()(student).modified
             folded = student(x)
         assert count_modules(student, Adapter) == 0
         scale = unfolded.abs().max()

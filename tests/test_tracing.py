@@ -11,7 +11,8 @@ from torch import nn
 from fxprune.errors import FxpruneWarning, TraceError
 from fxprune.graph import shape_of
 from fxprune.models import cifar_resnet
-from fxprune.tracing import AUTO_LEAVES_META, example_input, trace
+from fxprune.meta import auto_leaves
+from fxprune.tracing import example_input, trace
 
 
 class DataDependent(nn.Module):
@@ -68,7 +69,7 @@ def test_untraceable_module_becomes_a_named_leaf():
     with pytest.warns(FxpruneWarning, match=r"kept opaque.*gate \(DataDependent at .*"
                                             r"`if x.sum\(\) > 0:`"):
         gm = trace(model, (3, 8, 8))
-    assert gm.meta[AUTO_LEAVES_META].keys() == {"gate"}
+    assert auto_leaves(gm).keys() == {"gate"}
     assert [node.op for node in gm.graph.nodes] == [
         "placeholder", "call_module", "call_module", "call_method", "call_module", "output"]
     x = example_input((3, 8, 8), batch=2)

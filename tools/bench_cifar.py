@@ -35,7 +35,7 @@ from fxprune import drop_sites, find_structure, load_model, trace  # noqa: E402
 from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import top1  # noqa: E402
 from fxprune.pass_manager import PassManager  # noqa: E402
-from fxprune.passes import DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters  # noqa: E402
+from fxprune.passes import DropBlocks, FoldBatchNorm, InsertAdapters, folding  # noqa: E402
 from fxprune.recovery.finetune import FinetuneConfig, finetune  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
 from tools.results_file import add_run_arguments, open_results  # noqa: E402
@@ -93,13 +93,13 @@ class Bench:
         recover(self.teacher, recovered, images, RecoveryConfig(), progress=False)
         seconds = time.perf_counter() - tick
         if "practise" in todo:
-            rows["practise"] = self.row(FoldAdapters()(copy.deepcopy(recovered)).graph_module,
+            rows["practise"] = self.row(folding()(copy.deepcopy(recovered)).graph_module,
                                         tick, seconds)
         for method in finetunes:
             tick = time.perf_counter()
             objective = method.removeprefix("practise+")
             tuned = self.finetuned(copy.deepcopy(recovered), images, labels, objective, seed)
-            rows[method] = self.row(FoldAdapters()(tuned).graph_module, tick,
+            rows[method] = self.row(folding()(tuned).graph_module, tick,
                                     seconds + time.perf_counter() - tick)
         return rows
 

@@ -1,7 +1,7 @@
 """Reproduce the paper's CPU latency schemes as ratios, with ONNX Runtime on this machine.
 
 Every model is what would ship: traced, blocks dropped (``DropBlocks``) or filters pruned
-(``PruneFilters`` + ``FoldAdapters``: the "-50%" rows prune half the filters of every prunable
+(``PruneFilters`` + ``folding``: the "-50%" rows prune half the filters of every prunable
 feature map, L1 norm), BN folded (``FoldBatchNorm``), exported to ONNX; the original is
 BN-folded too. Within a family all
 variants are timed interleaved on the same seeded input and each is reported as its median
@@ -44,8 +44,8 @@ from fxprune.latency import bench_input, cpu_name, onnx_runner, time_interleaved
 from fxprune.macs import node_macs, total_macs  # noqa: E402
 from fxprune.pass_manager import PassManager  # noqa: E402
 from fxprune.analysis.channels import prunable_maps  # noqa: E402
-from fxprune.passes import (DropBlocks, FoldAdapters, FoldBatchNorm, InsertAdapters,  # noqa: E402
-                            PruneFilters)
+from fxprune.passes import (DropBlocks, FoldBatchNorm, InsertAdapters,  # noqa: E402
+                            PruneFilters, folding)
 from fxprune.passes.prune_filters import keep_counts  # noqa: E402
 from fxprune.tracing import example_input  # noqa: E402
 from tests.helpers import randomize_adapters  # noqa: E402
@@ -124,7 +124,7 @@ def _shipped(model: nn.Module, size, dropped: list[str] | float, label: str, fol
     gm = trace(model, size)
     if isinstance(dropped, float):
         gm = PassManager([PruneFilters(keep_counts(prunable_maps(gm), dropped)),
-                          FoldAdapters()])(gm).graph_module
+                          folding()])(gm).graph_module
     else:
         gm = PassManager([DropBlocks(dropped), FoldBatchNorm()])(gm).graph_module
     path = export_onnx(gm, size, folder / f"{label or 'original'}.onnx".replace(" ", "_"))
@@ -150,7 +150,7 @@ def adapter_variants(family: Family, folder: Path) -> tuple[list[Variant], dict]
         gm = PassManager([DropBlocks(dropped), InsertAdapters(sites)])(gm).graph_module
         randomize_adapters(gm, scale=0.3)
         unfolded = copy.deepcopy(gm)
-        gm = FoldAdapters()(gm).graph_module
+        gm = folding()(gm).graph_module
         path = export_onnx(gm, size, folder / f"folded_{placement}.onnx")
         ops = onnx_op_counts(path)
         if ops != check["plain_ops"]:
@@ -287,7 +287,7 @@ def write_results(output: Path, meta: dict, rows: list[dict], adapter_check: dic
     if adapter_check:
         lines += ["", "Recovered-style ResNet-56-C: adapters at the `drop_sites` of "
                   f"{', '.join(adapter_check['dropped'])}, set to I + 0.3·G/√C, folded "
-                  "(`FoldAdapters`). The reference of its rows is the plain dropped network. "
+                  "(`folding`). The reference of its rows is the plain dropped network. "
                   "ONNX op histogram of every folded model == plain: "
                   f"{adapter_check['plain_ops']}."]
         for placement in ("paper", "cvpr"):

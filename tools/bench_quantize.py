@@ -34,7 +34,7 @@ from fxprune.latency import (bench_input, interleaved_seconds, latency_ratio,  #
                              onnx_runner)
 from fxprune.evaluate import onnx_predictions  # noqa: E402
 from fxprune.quantize import quantize_onnx  # noqa: E402
-from fxprune.passes import FoldAdapters  # noqa: E402
+from fxprune.passes import folding  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
 from tools.bench_cifar import SCHEMES, Bench as CifarBench  # noqa: E402
 from tools.bench_efficientnet import Bench as ImageNetBench  # noqa: E402
@@ -74,7 +74,7 @@ def cifar_rows(seeds: list[int], scratch: Path) -> dict:
         fit = replace(RecoveryConfig().fit, seed=seed)  # as `fxprune compress --seed` does
         recover(bench.teacher, student, images, RecoveryConfig(fit=fit), progress=False)
         rows[f"resnet56 3 blocks seed {seed}"] = measure(
-            bench.teacher, FoldAdapters()(student).graph_module, bench.size, images, lossless,
+            bench.teacher, folding()(student).graph_module, bench.size, images, lossless,
             labels, (1, 64), scratch)
         print(seed, rows[f"resnet56 3 blocks seed {seed}"], flush=True)
     return rows

@@ -28,7 +28,7 @@ from fxprune import drop_sites, find_structure, load_model, trace  # noqa: E402
 from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import top1  # noqa: E402
 from fxprune.pass_manager import PassManager  # noqa: E402
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters  # noqa: E402
+from fxprune.passes import DropBlocks, InsertAdapters, folding  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
 from tools.bench_cifar import SCHEMES  # noqa: E402
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
             tick = time.perf_counter()
             recover(teacher, student, images, config, progress=False)
             seconds = time.perf_counter() - tick
-            accuracy = top1(FoldAdapters()(student).graph_module, test_images, test.labels)
+            accuracy = top1(folding()(student).graph_module, test_images, test.labels)
             rows[name].append({"seed": seed, "top1": accuracy, "seconds": seconds})
             print(f"seed {seed} {name}: {accuracy:.2f} % {seconds:.0f} s", flush=True)
             write(args, stem, rows)

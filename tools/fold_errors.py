@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fxprune.passes import FoldAdapters  # noqa: E402
+from fxprune.passes import folding  # noqa: E402
 from tests.helpers import max_abs_diff, max_rel_diff, randomize_adapters  # noqa: E402
 from tests.test_exactness import ARCHITECTURES, SIZES, _compressed  # noqa: E402
 
@@ -36,7 +36,7 @@ def measure(name: str) -> dict:
             randomize_adapters(gm, scale=0.3)
             with torch.no_grad():
                 unfolded = gm(x)
-                FoldAdapters()(gm)
+                folding()(gm)
                 worst = max(worst, metric(unfolded, gm(x)))
             row[f"{placement}_adapters"] = len(sites)
         row["dropped"] = ids

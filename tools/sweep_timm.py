@@ -34,7 +34,7 @@ from fxprune.analysis.sites import drop_sites  # noqa: E402
 from fxprune.errors import FxpruneError  # noqa: E402
 from fxprune.export import export_onnx, onnx_outputs  # noqa: E402
 from fxprune.pass_manager import PassManager  # noqa: E402
-from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters  # noqa: E402
+from fxprune.passes import DropBlocks, InsertAdapters, folding  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.tracing import example_input, opaque_leaves, trace  # noqa: E402
@@ -103,7 +103,7 @@ def _fold(model: nn.Module, ids: list[str], dtype: torch.dtype, placement: str):
         identity = gm(x)
         randomize_adapters(gm, scale=0.3)
         unfolded = gm(x)
-        gm = PassManager([FoldAdapters()])(gm).graph_module
+        gm = folding()(gm).graph_module
         folded = gm(x)
     return identity, unfolded, folded, sites, gm
 

@@ -11,10 +11,11 @@ an inverted residual without shortcut, as in MobileNetV2/EfficientNet.
 
 Blocks are the residual and inverted-residual units; a network with none (VGG) uses its conv
 units as blocks. Stages are runs of consecutive blocks with the same output shape (width and
-resolution). Block ids follow the paper: ``"s.b"``, both 1-based. Ids a pass stamped on nodes
-(``node.meta["fxprune.block_id"]``) win over positional numbering, so ids survive rewrites.
+resolution). Block ids follow the paper: ``"s.b"``, both 1-based, numbered by position.
 
-Everything here reads the graph; nothing here changes it.
+Everything here reads the graph's topology, shapes and module types; nothing here changes it,
+and nothing a pass recorded on the graph changes the answer (after a drop, ``DropBlocks``
+keeps the ids of the structure it first analysed).
 """
 
 from __future__ import annotations
@@ -31,21 +32,6 @@ from fxprune.errors import PreconditionError
 from fxprune.analysis.trunk import non_feature_nodes, trunk
 from fxprune.graph import (conv_of, feature_shape, is_activation, is_add, is_depthwise,
                            is_zero_pad, named_modules, tensor_inputs, to_digraph)
-
-BLOCK_ID_META = "fxprune.block_id"
-DROPPED_META = "fxprune.dropped_blocks"  # gm.meta: ids of the blocks dropped so far
-# gm.meta: {exit node of a dropped block: the node whose value now flows in its place}
-STAND_INS_META = "fxprune.stand_ins"
-
-
-def stand_in(gm: fx.GraphModule, name: str) -> str:
-    """The node of ``gm`` that carries the value node ``name`` of the original graph carried
-    (itself, unless ``name`` was the exit of a dropped block)."""
-    stand_ins = gm.meta.get(STAND_INS_META, {})
-    while name in stand_ins:
-        name = stand_ins[name]
-    return name
-
 
 @dataclass(frozen=True)
 class Block:
@@ -142,10 +128,6 @@ class _View:
         self.digraph = to_digraph(gm.graph)
         self.nodes = {node.name: node for node in gm.graph.nodes}
         self.order = {node.name: index for index, node in enumerate(gm.graph.nodes)}
-        # After a drop, ids stamped on nodes decide what a block is: re-deriving it from the
-        # neighbourhood could merge a survivor with leftovers of the dropped block.
-        self.dropped = frozenset(gm.meta.get(DROPPED_META, ()))
-        self.stamped = bool(self.dropped)
         self.walked: set[tuple[str, str]] = set()  # (entry, operand) paths already walked
         self.non_features = non_feature_nodes(gm.graph)
 
@@ -164,12 +146,6 @@ class _View:
 
     def convs(self, names) -> tuple[str, ...]:
         return self.sorted(name for name in names if self.conv(self.nodes[name]) is not None)
-
-    def stamp(self, node: fx.Node) -> str | None:
-        """The block id stamped on ``node``; None for a leftover of a dropped block (such as
-        its projection shortcut), which belongs to no block any more."""
-        stamp = node.meta.get(BLOCK_ID_META)
-        return None if stamp in self.dropped else stamp
 
 
 def _residual_unit(view: _View, entry: fx.Node, join: fx.Node, exit_node: fx.Node
@@ -274,8 +250,7 @@ def _chain_units(view: _View, chain: list[fx.Node]) -> list[_Unit]:
                 if view.conv(following) is not None or \
                         feature_shape(following) != feature_shape(node) and not padding or \
                         _is_residual_join(view, members[-1], following) or \
-                        _nested(view, members[-1], following) or \
-                        view.stamped and view.stamp(following) != view.stamp(node):
+                        _nested(view, members[-1], following):
                     break
                 members.append(following)
                 index += 1
@@ -311,16 +286,13 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
         return following is not None and following.kind != "conv" and \
             feature_shape(view.nodes[following.exit]) == feature_shape(view.nodes[project.exit])
 
-    def same_stamp(first: _Unit, second: _Unit) -> bool:
-        return not view.stamped or _stamped_id(view, first) == _stamped_id(view, second)
-
     merged: list[_Unit] = []
     index = 0
     while index < len(units):
         unit = units[index]
         project = units[index + 1] if index + 1 < len(units) else None
         if spatial(unit) and project is not None and pointwise(project) and project.linear \
-                and project.entry == unit.exit and same_stamp(unit, project):
+                and project.entry == unit.exit:
             depthwise = is_depthwise(view.conv(view.nodes[unit.convs[0]]))
             if not depthwise and not starts_stage(index + 2, project):
                 merged.append(unit)
@@ -328,7 +300,7 @@ def _merge_inverted_residuals(view: _View, units: list[_Unit]) -> list[_Unit]:
                 continue
             parts = [unit, project]
             if merged and pointwise(merged[-1]) and not merged[-1].linear and \
-                    merged[-1].exit == unit.entry and same_stamp(merged[-1], unit):
+                    merged[-1].exit == unit.entry:
                 parts.insert(0, merged.pop())
             merged.append(_Unit(
                 kind="inverted_residual" if depthwise else "bottleneck",
@@ -347,14 +319,11 @@ def find_structure(gm: fx.GraphModule) -> Structure:
     view = _View(gm)
     chain = trunk(view.graph)
     units = _merge_inverted_residuals(view, _chain_units(view, chain))
-    if view.stamped:
-        is_block = [_stamped_id(view, unit) is not None for unit in units]
-    else:
-        is_block = [unit.kind != "conv" for unit in units]
-        if not any(is_block):
-            # plain networks (VGG): every conv unit is a block, but for those on pooled 1x1
-            # features (a classifier written as convs)
-            is_block = [_spatial(view, unit.exit) for unit in units]
+    is_block = [unit.kind != "conv" for unit in units]
+    if not any(is_block):
+        # plain networks (VGG): every conv unit is a block, but for those on pooled 1x1
+        # features (a classifier written as convs)
+        is_block = [_spatial(view, unit.exit) for unit in units]
     first = is_block.index(True) if any(is_block) else len(units)
     last = len(is_block) - is_block[::-1].index(True) if any(is_block) else len(units)
     block_units = [unit for unit, keep in zip(units, is_block) if keep]
@@ -367,7 +336,7 @@ def find_structure(gm: fx.GraphModule) -> Structure:
         blocks = []
         for block_index, unit in enumerate(group, start=1):
             blocks.append(Block(
-                id=_stamped_id(view, unit) or f"{stage_index}.{block_index}",
+                id=f"{stage_index}.{block_index}",
                 kind=unit.kind, entry=unit.entry, exit=unit.exit, nodes=unit.nodes,
                 convs=unit.convs, shortcut=unit.shortcut, shortcut_output=unit.shortcut_output,
                 shortcut_convs=unit.shortcut_convs, join=unit.join,
@@ -378,8 +347,3 @@ def find_structure(gm: fx.GraphModule) -> Structure:
                       blocks[-1].exit)  # a region that ends at the graph's output
         stages.append(Stage(id=blocks[0].stage, blocks=tuple(blocks), output=output))
     return Structure(stages=tuple(stages), stem=stem, head=head)
-
-
-def _stamped_id(view: _View, unit: _Unit) -> str | None:
-    return next((stamp for name in unit.nodes
-                 if (stamp := view.stamp(view.nodes[name])) is not None), None)

@@ -13,6 +13,7 @@ import torch
 from torch import fx
 
 from fxprune.graph import output_node, to_digraph
+from fxprune.meta import value_type
 
 SHAPE_TYPES = (int, float, bool, torch.Size)  # results that carry shapes, never features
 
@@ -33,7 +34,7 @@ def non_feature_nodes(graph: fx.Graph) -> set[str]:
     """Names of the nodes that carry shapes or parameters, not features: results typed as
     shapes by shape propagation (nodes added by later passes have no type) and constants."""
     shapes = {node.name for node in graph.nodes if node.op not in ("placeholder", "output")
-              and node.meta.get("type") in SHAPE_TYPES}
+              and value_type(node) in SHAPE_TYPES}
     return shapes | constant_nodes(graph)
 
 

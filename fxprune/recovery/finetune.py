@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from fxprune.adapters import KEPT_CHANNELS_META
-from fxprune.analysis.structure import find_structure, stand_in
+from fxprune.analysis.structure import find_structure
 from fxprune.datasets import augment
 from fxprune.errors import FxpruneError, PreconditionError
 from fxprune.graph import module_of, named_modules, output_node
+from fxprune.meta import kept_channels, stand_in
 from fxprune.recovery.fit import channels_last, set_batchnorm_training, trainable
-from fxprune.recovery.segments import segment
+from fxprune.segments import segment
 
 OBJECTIVES = ("ce-mse", "mse", "mir")
 
@@ -91,7 +91,7 @@ def finetune(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Ten
     student_feature = stand_in(student, feature)
     student_outputs = [student_feature, _logits_name(student)]
     # a feature on a pruned residual stream is compared at the channels it kept
-    kept = next(node.meta.get(KEPT_CHANNELS_META) for node in student.graph.nodes
+    kept = next(kept_channels(node) for node in student.graph.nodes
                 if node.name == student_feature)
     student_net = segment(student, [source], student_outputs)
     teacher_net = segment(teacher.eval(), [source], [feature])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fxprune.recovery.segments import as_list
+from fxprune.segments import as_list
 
 
 @dataclass(frozen=True)

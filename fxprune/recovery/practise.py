@@ -51,14 +51,14 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from fxprune.adapters import ADAPTER_META, KEPT_CHANNELS_META, PRUNE_GROUP_META
-from fxprune.analysis.structure import find_structure, stand_in
+from fxprune.analysis.structure import find_structure
 from fxprune.errors import PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes,
                            to_digraph)
+from fxprune.meta import adapter_site, kept_channels, prune_group, stand_in
 from fxprune.recovery.fit import FitConfig, channels_last, fit, set_batchnorm_training
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.segments import run_batched, segment
 
 SCHEDULES = ("joint", "stagewise", "layerwise")
 INITS = ("identity", "lstsq")
@@ -164,9 +164,9 @@ def _closed_form(node: fx.Node, modules) -> bool:
     """Whether the closed form covers this adapter: not a pruned map's shrinking adapter
     (its output has no teacher counterpart), and before a conv only when that conv is
     ungrouped, zero-padded and the Gram (C·C')² stays small."""
-    site = node.meta[ADAPTER_META]
+    site = adapter_site(node)
     if site.side == "output":
-        return PRUNE_GROUP_META not in node.meta
+        return prune_group(node) is None
     conv = conv_of(next(iter(node.users)), modules)
     adapter = modules[node.target]
     return conv.groups == 1 and conv.padding_mode == "zeros" and \
@@ -185,7 +185,7 @@ def _solve_layerwise(teacher, student, images, config, progress
     for adapter in tqdm(solvable, desc="solve adapters", leave=False,
                         disable=not progress or None):
         start = time.perf_counter()
-        site = adapter.meta[ADAPTER_META]
+        site = adapter_site(adapter)
         producer = adapter.args[0].name
         compared = site.conv if site.side == "input" else adapter.name
         features = run_batched(segment(student, [_input_name(student)], [producer]), [images],
@@ -214,7 +214,7 @@ def _stage_targets(teacher, student, images, config):
                           config.eval_batch_size)
     nodes = {node.name: node for node in student.graph.nodes}
     outputs = [stand_in(student, name) for name in teacher_outputs]
-    kept = [nodes[name].meta.get(KEPT_CHANNELS_META) for name in outputs]
+    kept = [kept_channels(nodes[name]) for name in outputs]
     return outputs, [target if channels is None else target[:, channels].contiguous(
         memory_format=torch.channels_last) for target, channels in zip(targets, kept)]
 
@@ -241,10 +241,10 @@ def _check_schedule(teacher, student, schedule: str) -> None:
     adapters = recovery_nodes(student)
     if schedule == "layerwise":
         masked = set(masked_nodes(student))
-        misplaced = [node.name for node in adapters if PRUNE_GROUP_META not in node.meta
+        misplaced = [node.name for node in adapters if prune_group(node) is None
                      and node not in masked and (
-                     node.meta.get(ADAPTER_META) is None
-                     or node.meta[ADAPTER_META].side != "input" or len(node.users) != 1)]
+                     adapter_site(node) is None
+                     or adapter_site(node).side != "input" or len(node.users) != 1)]
         if misplaced:
             raise PreconditionError(
                 f"layer-wise recovery trains adapters placed before a conv; {', '.join(misplaced)} "
@@ -292,15 +292,15 @@ def _layer_groups(student: fx.GraphModule) -> list[tuple[list[fx.Node], list[str
     graph = to_digraph(student.graph)
     groups, seen = [], set()
     for node in trained:
-        group = node.meta.get(PRUNE_GROUP_META)
+        group = prune_group(node)
         if node in masked:  # its own output mimics the teacher conv's
             groups.append(([node], [node.args[0].name], [node.name]))
         elif group is None:
             groups.append(([node], [node.args[0].name], [next(iter(node.users)).name]))
         elif group not in seen:
             seen.add(group)
-            members = [other for other in trained if other.meta.get(PRUNE_GROUP_META) == group]
-            sites = [other.meta[ADAPTER_META] for other in members if ADAPTER_META in other.meta]
+            members = [other for other in trained if prune_group(other) == group]
+            sites = [site for other in members if (site := adapter_site(other)) is not None]
             consumers = [site.conv for site in sites if site.side == "input"]
             producers = [site.conv for site in sites if site.side == "output"]
             groups.append((members, _cut(graph, nodes, producers, consumers), consumers))

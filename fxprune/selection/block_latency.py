@@ -33,7 +33,7 @@ from fxprune.errors import FxpruneWarning
 from fxprune.export import export_onnx
 from fxprune.graph import named_modules, shape_of
 from fxprune.latency import RATIO_QUANTILE, bench_input, cpu_name, onnx_runner, paired_ratios
-from fxprune.recovery.segments import segment
+from fxprune.segments import segment
 
 TIMING_BUDGET_S = 15.0  # for all the distinct blocks of one network, timed interleaved
 

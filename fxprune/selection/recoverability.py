@@ -18,12 +18,13 @@ import torch
 from torch import fx
 
 from fxprune.analysis.sites import drop_sites
-from fxprune.analysis.structure import find_structure, stand_in
+from fxprune.analysis.structure import find_structure
+from fxprune.meta import stand_in
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.segments import run_batched, segment
 
 BRIEF_RECOVERY = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=20, patience=5))
 
