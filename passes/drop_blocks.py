@@ -39,7 +39,9 @@ class DropBlocks(PassBase):
     def requires(self, gm: fx.GraphModule) -> None:
         """Every wanted id names a block (checked first), and each of them is droppable."""
         wanted = self._wanted(gm)
-        structure = _structure(gm) if wanted else None
+        if not wanted:
+            return
+        structure = _structure(gm)
         for block in [structure.block(block_id) for block_id in wanted]:
             block.require_droppable()
         self._checked = (gm, structure)  # so that call analyses the graph once

@@ -22,9 +22,11 @@ import math
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from fxprune.adapters import Adapter, MaskedConv
 from fxprune.graph import module_of, named_modules, owns_module, shape_of
+from fxprune.meta import set_tensor_meta, tensor_meta
 from fxprune.pass_manager import PassBase, PassResult
 from fxprune.rewrite import finalize, free_child_name, replace_module
 
@@ -96,4 +98,7 @@ def _insert_pad(gm: fx.GraphModule, conv_node: fx.Node, pad: nn.ZeroPad2d) -> No
     with gm.graph.inserting_before(conv_node):
         pad_node = gm.graph.call_module(f"{parent_path}.{name}" if parent_path else name,
                                         (conv_node.args[0],))
+    source = tensor_meta(conv_node.args[0])  # the padded shape, computed on the meta device
+    padded = pad(torch.empty(source.shape, dtype=source.dtype, device="meta"))
+    set_tensor_meta(pad_node, _extract_tensor_metadata(padded))
     conv_node.args = (pad_node, *conv_node.args[1:])
