@@ -22,6 +22,9 @@ class AdapterSite:
         if self.side not in ("input", "output"):
             raise ValueError(f"adapter side must be 'input' or 'output', not {self.side!r}")
 
+    def __str__(self) -> str:
+        return f"{self.side} of {self.conv}"
+
 
 class Adapter(nn.Conv2d):
     """A 1x1 conv that a recovery step trains and a fold removes. It starts as ``[I | 0]``

@@ -64,11 +64,13 @@ class Step:
 
 
 def _short(value) -> str:
-    if isinstance(value, (list, tuple)) and len(value) > 6:
-        return f"[{', '.join(map(_short, value[:3]))}, ... {len(value)} in all]"
+    """An argument as the plan prints it: long lists and dicts cut, sites as 'input of x'."""
+    if isinstance(value, (list, tuple)):
+        shown = [_short(item) for item in value[:3 if len(value) > 6 else len(value)]]
+        return f"[{', '.join(shown)}{f', ... {len(value)} in all' if len(value) > 6 else ''}]"
     if isinstance(value, dict) and len(value) > 6:
         return f"{{{len(value)} entries}}"
-    return repr(value)
+    return str(value) if isinstance(value, AdapterSite) else repr(value)
 
 
 def step(pass_type: Callable, calibrated: bool = False, **arguments) -> Step:
@@ -118,7 +120,7 @@ class CompressionPlan:
     def as_json(self) -> dict[str, Any]:
         recovery = self.recovery
         return {"input_size": list(self.input_size), "steps": [str(s) for s in self.steps],
-                "adapter_sites": [f"{site.side} of {site.conv}" for site in self.adapter_sites],
+                "adapter_sites": [str(site) for site in self.adapter_sites],
                 "recovery": None if recovery is None else {
                     "schedule": str(recovery.schedule), "placement": str(recovery.sites),
                     "init": recovery.config(self.seed).init},

@@ -79,12 +79,6 @@ def _latency_text(report: dict[str, Any]) -> str:
             f"thread(s)")
 
 
-def latency_ratio(row: dict[str, Any], original: dict[str, Any]) -> float:
-    """A model's latency over the original's: the recorded ``latency_ratio`` (low quantiles,
-    robust to a busy machine), else the ratio of the medians (older reports)."""
-    return row.get("latency_ratio", row["latency_ms"] / original["latency_ms"])
-
-
 def _scheme(report: dict[str, Any]) -> str:
     """What was compressed: dropped blocks and/or pruned filters."""
     parts = [f"Dropped blocks {', '.join(report['drop'])}"] if report["drop"] else []
@@ -151,7 +145,7 @@ def render_report(report: dict[str, Any], plot: str | None = None) -> str:
         latency, ratio = "n/a", "n/a"
         if "latency_ms" in row:
             latency = f"{row['latency_ms']:.2f} ± {row['latency_iqr_ms']:.2f}"
-            ratio = f"{latency_ratio(row, original):.3f}"
+            ratio = f"{row['latency_ratio']:.3f}"
         lines.append(f"| {model_label(report, key)} | {_percent(row.get('top1'))} | "
                      f"{_percent(row.get('agreement'))} | {latency} | {ratio} | "
                      f"{format_count(row['macs'])} | {row['macs'] / original['macs']:.3f} | "
@@ -209,7 +203,7 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], folder: Path) -
         shipped = [key for key in ("compressed", "quantized") if key in report]
         for key in shipped:
             row = report[key]
-            ratio = f"{latency_ratio(row, original):.3f}" if "latency_ms" in row else "n/a"
+            ratio = f"{row['latency_ratio']:.3f}" if "latency_ms" in row else "n/a"
             latency = f"{row['latency_ms']:.2f}" if "latency_ms" in row else "n/a"
             scheme = _scheme(report) + ("; int8" if key == "quantized" else "")
             lines.append(f"| {name} | {report.get('model', '?')} | {scheme} | "

@@ -10,7 +10,7 @@ import pytest
 
 from fxprune import latency
 from fxprune.cli import main
-from fxprune.commands import bench as bench_command
+from fxprune import benchmark
 from fxprune.export import export_onnx
 from fxprune.latency import (MIN_ROUNDS, bench_input, compare, interleaved_seconds,
                              latency_ratio, measure, onnx_runner, paired_ratios,
@@ -119,7 +119,7 @@ def test_bench_ratio_is_latency_ratio(pair, capsys, monkeypatch):
     """The JSON's ratio is ``latency_ratio`` of the two runners' samples, not the ratio of
     their medians."""
     seconds = [[0.001, 0.001, 0.003, 0.003, 0.003], [0.002, 0.002, 0.004, 0.004, 0.004]]
-    monkeypatch.setattr(bench_command, "interleaved_seconds", lambda *args: seconds)
+    monkeypatch.setattr(benchmark, "interleaved_seconds", lambda *args: seconds)
     (dropped, _), (original, _) = pair["dropped"], pair["original"]
     code, out, _ = _bench(capsys, dropped, "--vs", original, "--json")
     report = json.loads(out)

@@ -244,3 +244,18 @@ def test_output_that_is_a_file(tmp_path, capsys):
     code = main(_compress(tmp_path) + ["--force"])
     assert code == 2 and "is not a folder" in capsys.readouterr().err
     assert target.read_text() == "a file"
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    code = main(_compress(tmp_path, "--recover=practise", "--drop=1.2,2.2", "--dry-run"))
+    out = capsys.readouterr().out
+    assert code == 0 and not (tmp_path / "out").exists()
+    assert out.splitlines()[:3] == [
+        "compression plan for input (3, 32, 32), seed 0:",
+        "  1. DropBlocks(block_ids=['1.2', '2.2'])",
+        "  2. InsertAdapters(sites=[input of layer1_2_conv1, input of layer2_0_conv1, "
+        "output of layer1_0_conv2, input of layer2_2_conv1, input of layer3_0_conv1, "
+        "output of layer2_0_conv2])"]
+    assert "recovery: stagewise, cvpr sites, identity start" in out
+    _assert_user_error(capsys, [a for a in _compress(tmp_path) if not a.startswith(
+        ("--out", str(tmp_path)))], "give --out FOLDER")

@@ -9,36 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
-from torch import fx
-
+from fxprune.benchmark import RUNTIMES, BenchResult, BenchSettings, bench, size_text
 from fxprune.commands.common import add_model_arguments
-from fxprune.errors import FxpruneError
-from fxprune.export import export_onnx, onnx_input_size, onnx_macs, onnx_params
-from fxprune.latency import (Timing, bench_input, interleaved_seconds, onnx_runner,
-                             latency_ratio, torch_runner)
-from fxprune.macs import count_params, node_macs, total_macs
-from fxprune.models import load_model
 from fxprune.summary import format_count
-from fxprune.tracing import example_input, trace
-
-RUNTIMES = ("onnxruntime", "torch")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One thing to time: an ONNX file (onnxruntime) or a traced module (torch)."""
-
-    name: str
-    input_size: tuple[int, ...]
-    macs: int  # per image
-    params: int
-    onnx: Path | None = None
-    module: fx.GraphModule | None = None
-
 
 def register(commands) -> None:
     parser = commands.add_parser(
@@ -72,102 +46,16 @@ def _at_least(minimum: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="fxprune-bench-") as scratch:
-        candidates = [resolve(args.model, args, Path(scratch) / "model.onnx", args.weights)]
-        if args.vs:
-            candidates.append(resolve(args.vs, args, Path(scratch) / "vs.onnx"))
-        sizes = {candidate.input_size for candidate in candidates}
-        if len(sizes) > 1:
-            raise FxpruneError("the two models take different inputs ("
-                               + " vs ".join(_size_text(c.input_size) for c in candidates)
-                               + "); give --input-size")
-        inputs = bench_input(candidates[0].input_size, args.batch)
-        runners = [onnx_runner(c.onnx, inputs, args.threads) if args.runtime == "onnxruntime"
-                   else torch_runner(c.module, inputs, args.threads) for c in candidates]
-        samples = interleaved_seconds(runners, args.warmup, args.repeats, None)
-    timings = [Timing.of(times) for times in samples]
-    ratio = latency_ratio(samples[0], samples[1]) if len(samples) > 1 else None
-    report = _report(args, candidates, timings, ratio)
-    print(json.dumps(report) if args.json else _table(args, candidates, timings, report))
+    settings = BenchSettings(args.runtime, args.batch, args.threads, args.warmup, args.repeats,
+                             args.input_size, tuple(args.leaf))
+    specs = [(args.model, args.weights)] + ([(args.vs, None)] if args.vs else [])
+    result = bench(specs, settings)
+    print(json.dumps(result.report) if args.json else _table(args, result))
     return 0
 
 
-def resolve(spec: str, args: argparse.Namespace, export_path: Path,
-            weights: str | None = None) -> Candidate:
-    """What ``spec`` names, ready for ``args.runtime``; a model spec for onnxruntime is
-    exported to ``export_path``."""
-    path, report_size = Path(spec), None
-    if path.is_dir():
-        report_size = _report_input_size(path / "report.json")
-        path = path / "model.onnx"
-        if not path.is_file():
-            raise FxpruneError(f"directory '{spec}' has no model.onnx")
-    elif spec.endswith(".onnx") and not path.is_file():
-        raise FxpruneError(f"no such ONNX file '{spec}'")
-    elif ":" not in spec and not path.exists():
-        raise FxpruneError(f"'{spec}' is neither an .onnx file, a directory holding model.onnx "
-                           "nor a model spec (torchvision:<builder>, cifar:resnet<depth>, "
-                           "file.py:callable)")
-    if path.suffix == ".onnx":
-        if args.runtime == "torch":
-            raise FxpruneError(f"--runtime torch needs a model spec, not the ONNX file '{path}'")
-        if weights:
-            raise FxpruneError("--weights applies to a model spec, not to an ONNX file")
-        return _from_onnx(spec, path, args.input_size or report_size)
-    loaded = load_model(spec, weights)
-    size = args.input_size or loaded.input_size
-    gm = trace(loaded.model, size, leaf_modules=args.leaf)
-    if args.runtime == "torch":
-        macs = total_macs(node_macs(gm, [example_input(size)]))
-        return Candidate(spec, size, macs, count_params(gm), module=gm)
-    return _from_onnx(spec, export_onnx(gm, size, export_path), size)
-
-
-def _from_onnx(name: str, path: Path, wanted: tuple[int, ...] | None) -> Candidate:
-    """Static input dims of the file win; ``wanted`` fills symbolic ones and must agree."""
-    static = onnx_input_size(path)
-    if static and wanted and tuple(wanted) != static:
-        raise FxpruneError(f"'{path}' takes {_size_text(static)} inputs, not "
-                           f"{_size_text(wanted)}")
-    size = static or wanted
-    if size is None:
-        raise FxpruneError(f"'{path}' has a symbolic input size; give --input-size C,H,W")
-    return Candidate(name, tuple(size), onnx_macs(path, size), onnx_params(path), onnx=path)
-
-
-def _report_input_size(path: Path) -> tuple[int, ...] | None:
-    """``input_size`` from a compress output's report.json, when there is one."""
-    if not path.is_file():
-        return None
-    try:
-        size = json.loads(path.read_text()).get("input_size")
-    except (OSError, ValueError, AttributeError) as error:
-        raise FxpruneError(f"cannot read input_size from '{path}': {error}") from error
-    return tuple(size) if size else None
-
-
-def _size_text(size) -> str:
-    return "x".join(map(str, size))
-
-
-def _report(args: argparse.Namespace, candidates: list[Candidate], timings: list[Timing],
-            ratio: float | None) -> dict:
-    this, timing = candidates[0], timings[0]
-    report = {"model": this.name, "runtime": args.runtime, "threads": args.threads,
-              "batch": args.batch, "input_size": list(this.input_size), "runs": timing.runs,
-              "latency_ms": timing.median_ms, "latency_iqr_ms": timing.iqr_ms,
-              "macs": this.macs, "params": this.params}
-    if len(candidates) == 2:
-        other, other_timing = candidates[1], timings[1]
-        report.update({"vs": other.name, "vs_latency_ms": other_timing.median_ms,
-                       "vs_latency_iqr_ms": other_timing.iqr_ms, "vs_macs": other.macs,
-                       "vs_params": other.params, "latency_ratio": ratio,
-                       "macs_ratio": this.macs / other.macs})
-    return report
-
-
-def _table(args: argparse.Namespace, candidates: list[Candidate], timings: list[Timing],
-           report: dict) -> str:
+def _table(args: argparse.Namespace, result: BenchResult) -> str:
+    candidates, timings, report = result.candidates, result.timings, result.report
     rows = [("", "latency ms", "IQR ms", "MACs", "params")]
     rows += [(c.name, f"{t.median_ms:.2f}", f"{t.iqr_ms:.2f}", format_count(c.macs),
               format_count(c.params)) for c, t in zip(candidates, timings)]
@@ -179,6 +67,6 @@ def _table(args: argparse.Namespace, candidates: list[Candidate], timings: list[
                        for column, cell in enumerate(row)).rstrip() for row in rows]
     threads = f"{args.threads} thread" + ("s" if args.threads > 1 else "")
     lines.append(f"{args.runtime}, {threads}, batch {args.batch}, input "
-                 f"{_size_text(candidates[0].input_size)}: median of {timings[0].runs} runs "
+                 f"{size_text(candidates[0].input_size)}: median of {timings[0].runs} runs "
                  f"after {args.warmup} warm-up" + (", interleaved" if len(timings) > 1 else ""))
     return "\n".join(lines)
