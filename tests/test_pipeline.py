@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import fxprune
@@ -132,3 +133,19 @@ def test_a_network_without_stages_needs_layerwise_recovery():
         decouple, recovery=Recovery(schedule=Schedule.LAYERWISE, fit=quick)), progress=False)
     assert result.report.adapters == len(result.report.scheme.decouple["convs"]) > 0
     assert count_modules(result.model, Adapter) == 0
+
+
+def test_the_plan_declares_its_pass_order():
+    """A plan whose steps break the declared order (the drop's adapters before a pruned
+    stream's would hide the stream) is refused when its passes are built."""
+    resnet = torchvision.models.resnet18(num_classes=10).eval()
+    planned = fxprune.plan(resnet, Options(drop=Drop.blocks("1.2"),
+                                           streams=fxprune.StreamPruning(0.5)),
+                           input_size=(3, 32, 32))
+    assert [step.pass_type.__name__ for step in planned.steps] == [
+        "DropBlocks", "PruneCoupledMaps", "InsertAdapters"]
+    drop, streams, adapters = planned.steps
+    swapped = dataclasses.replace(planned, steps=(drop, adapters, streams))
+    with pytest.raises(ValueError, match="pass order: PruneCoupledMaps must run before "
+                                         "InsertAdapters"):
+        swapped.passes()
