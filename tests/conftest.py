@@ -5,9 +5,7 @@ import torch
 
 from fxprune.models import cifar_resnet
 from fxprune.tracing import example_input, trace
-from tests.helpers import calibrate_and_randomize
-
-SMALL_SIZE = (3, 16, 16)  # the input size of ``small_resnet``
+from tests.helpers import SMALL_SIZE, calibrate_and_randomize
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,5 +1,5 @@
-"""Shared test utilities: realistic random BN statistics, random adapters, output comparison,
-files of the data folder."""
+"""Shared test utilities: realistic random BN statistics, random adapters, a student with
+adapters, output comparison, files of the data folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import torch
 from torch import fx, nn
 
 from fxprune.adapters import Adapter
+from fxprune.analysis.sites import drop_sites
+from fxprune.analysis.structure import find_structure
 from fxprune.data import data_dir
+from fxprune.pass_manager import PassManager
+from fxprune.passes import DropBlocks, InsertAdapters
+from fxprune.tracing import trace
+
+SMALL_SIZE = (3, 16, 16)  # the input size of the ``small_resnet`` fixture
 
 
 def calibrate_and_randomize(gm: fx.GraphModule, x: torch.Tensor, seed: int = 0) -> None:
@@ -51,6 +58,16 @@ def randomize_adapters(gm: fx.GraphModule, seed: int = 0, scale: float = 0.1) ->
                 adapter.bias.add_(scale * torch.randn(adapter.bias.shape, generator=generator)
                                   .to(adapter.bias.dtype))
     return len(adapters)
+
+
+def student_with_adapters(teacher: fx.GraphModule, placement: str,
+                          ids: tuple[str, ...] = ("1.2", "2.2", "3.2"),
+                          size: tuple[int, int, int] = SMALL_SIZE) -> fx.GraphModule:
+    """A copy of ``teacher`` (its weights) with blocks ``ids`` dropped and identity adapters at
+    the ``placement`` sites, in eval mode."""
+    gm = trace(teacher, size)
+    sites = drop_sites(gm, find_structure(gm), ids, placement)
+    return PassManager([DropBlocks(ids), InsertAdapters(sites)])(gm).graph_module.eval()
 
 
 def count_modules(gm: nn.Module, kind: type | tuple[type, ...]) -> int:

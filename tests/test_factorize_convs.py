@@ -18,8 +18,8 @@ from fxprune.passes.factorize_convs import (FACTOR_META, OutputStatistics, dwpw_
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.conftest import SMALL_SIZE as SIZE
 from tests.helpers import FP64_ATOL, randomize_adapters
+from tests.helpers import SMALL_SIZE as SIZE
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from fxprune.recovery.finetune import FinetuneConfig, finetune
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.conftest import SMALL_SIZE as SIZE
 from tests.helpers import FP64_ATOL
+from tests.helpers import SMALL_SIZE as SIZE
 
 
 @pytest.fixture

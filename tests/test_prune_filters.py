@@ -23,8 +23,8 @@ from fxprune.passes.prune_filters import keep_counts, l1_kept
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.conftest import SMALL_SIZE as SIZE
 from tests.helpers import FP64_ATOL, count_modules, randomize_adapters
+from tests.helpers import SMALL_SIZE as SIZE
 
 
 class PlainNet(nn.Module):

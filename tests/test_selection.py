@@ -20,7 +20,7 @@ from fxprune.selection import (LatencyCache, Recoverability, SelectionConfig, bl
                                select_blocks)
 from fxprune.selection import auto
 from fxprune.tracing import example_input
-from tests.conftest import SMALL_SIZE
+from tests.helpers import SMALL_SIZE
 
 QUICK = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=3, patience=2))
 

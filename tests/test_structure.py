@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -13,6 +11,7 @@ from fxprune.analysis.trunk import trunk
 from fxprune.macs import node_macs, total_macs
 from fxprune.models import cifar_resnet
 from fxprune.tracing import example_input, trace
+from tests.zoo_modules import FunctionalResNet
 
 SMALL = (3, 64, 64)
 
@@ -98,30 +97,6 @@ def test_mobilenet_v2_inverted_residuals():
     assert len(structure.block("1.1").convs) == 2  # t=1: depthwise + project
     assert len(structure.block("3.2").convs) == 3  # expand + depthwise + project
     assert len(structure.stem) == 1 and len(structure.head) == 1
-
-
-class FunctionalResNet(nn.Module):
-    """Residual blocks written as plain functional code: no nn.Sequential, no block modules,
-    ``torch.add`` and ``+`` joins, a pooling shortcut, and a block without trailing ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.b1, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.c1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
-        self.d1, self.d2 = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = F.relu(self.stem(x))
-        x = F.relu(torch.add(self.a2(F.relu(self.a1(x))), x))
-        x = x + self.b2(F.relu(self.b1(x)))
-        shortcut = F.avg_pool2d(x, 2).repeat(1, 2, 1, 1)
-        x = F.relu(self.c2(F.relu(self.c1(x))) + shortcut)
-        x = F.relu(self.d2(F.relu(self.d1(x))) + x)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 def test_functional_style_blocks():
