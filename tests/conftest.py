@@ -1,8 +1,12 @@
-"""Session-wide test settings."""
+"""Session-wide test settings, the ``shared_path`` fixture (which marks its users
+``realdata``) and the ``small_resnet`` fixture."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from fxprune.data import data_dir
 from fxprune.models import cifar_resnet
 from fxprune.tracing import example_input, trace
 from tests.helpers import SMALL_SIZE, calibrate_and_randomize
@@ -30,6 +34,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items):
+    """Every test that reaches the data folder does so through the ``shared_path`` fixture,
+    directly or through another fixture; marking those ``realdata`` here keeps the marker true
+    by construction (``-m "not realdata"`` runs what a fresh clone can)."""
+    for item in items:
+        if "shared_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.realdata)
+
+
+def _shared_path(relative: str) -> Path:
+    root = data_dir()
+    if root is None:
+        pytest.skip(f"needs the data folder (FXPRUNE_DATA, else ../shared/data) for {relative}")
+    if not (root / relative).exists():
+        pytest.skip(f"{relative} is not in the data folder {root}")
+    return root / relative
+
+
+@pytest.fixture(scope="session")
+def shared_path():
+    """``shared_path(relative)``: ``relative`` in the data folder, or skip the calling test
+    saying what is missing. Only through this fixture, so that its users are marked."""
+    return _shared_path
 
 
 @pytest.fixture

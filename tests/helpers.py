@@ -1,18 +1,14 @@
 """Shared test utilities: realistic random BN statistics, random adapters, a student with
-adapters, output comparison, files of the data folder."""
+adapters, output comparison. (The data folder: the ``shared_path`` fixture of conftest.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
 from torch import fx, nn
 
 from fxprune.adapters import Adapter
 from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
-from fxprune.data import data_dir
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.tracing import trace
@@ -93,14 +89,3 @@ def assert_equivalent(expected: torch.Tensor, actual: torch.Tensor) -> None:
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max abs difference relative to the largest magnitude of the reference ``a``."""
     return max_abs_diff(a, b) / max(a.abs().max().item(), 1e-12)
-
-
-def shared_path(relative: str) -> Path:
-    """``relative`` in the data folder, or skip the calling test saying what is missing. Called
-    inside tests and fixtures, never at import, so collection never needs the data folder."""
-    root = data_dir()
-    if root is None:
-        pytest.skip(f"needs the data folder (FXPRUNE_DATA, else ../shared/data) for {relative}")
-    if not (root / relative).exists():
-        pytest.skip(f"{relative} is not in the data folder {root}")
-    return root / relative

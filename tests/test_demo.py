@@ -11,7 +11,6 @@ from fxprune import download
 from fxprune.cli import main
 from fxprune.commands.demo import summary
 from tests.fake_remote import publish_checkpoint, publish_cifar10, serve
-from tests.helpers import shared_path
 
 
 def test_offline_without_data_it_says_what_to_point_it_at(tmp_path, monkeypatch, capsys):
@@ -40,8 +39,7 @@ def test_demo_downloads_its_inputs_on_first_use(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "cache" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
 
 
-@pytest.mark.realdata
-def test_demo_compresses_resnet56(tmp_path, capsys):
+def test_demo_compresses_resnet56(tmp_path, capsys, shared_path):
     shared_path("cifar10")
     shared_path("weights/cifar10-resnet")
     out = tmp_path / "demo"

@@ -19,8 +19,7 @@ from fxprune.models.efficientnet_lite import LITE_MEAN, efficientnet_lite, plain
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, FoldAdapters, InsertAdapters
 from fxprune.tracing import example_input
-from tests.helpers import (assert_equivalent, calibrate_and_randomize, randomize_adapters,
-                           shared_path)
+from tests.helpers import assert_equivalent, calibrate_and_randomize, randomize_adapters
 
 package = pytest.importorskip("efficientnet_lite_pytorch")
 SIZE = (3, 224, 224)
@@ -77,8 +76,7 @@ def test_unknown_variant():
         load_model("efficientnet:lite9")
 
 
-@pytest.mark.realdata
-def test_pretrained_lite0_on_real_images():
+def test_pretrained_lite0_on_real_images(shared_path):
     shared_path("imagenet-sample-images")
     shared_path("weights/imagenet-efficientnet-lite0")
     loaded = load_model("efficientnet:lite0")
