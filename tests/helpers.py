@@ -3,6 +3,7 @@ adapters, output comparison. (The data folder: the ``shared_path`` fixture of co
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import fx, nn
 
@@ -14,6 +15,12 @@ from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.tracing import trace
 
 SMALL_SIZE = (3, 16, 16)  # the input size of the ``small_resnet`` fixture
+
+
+def slow_case(*values) -> object:
+    """A ``parametrize`` case marked ``slow``: one that takes over ~1.5 s on a loaded 2-core
+    machine (docs/testing.md)."""
+    return pytest.param(*values, marks=pytest.mark.slow)
 
 
 def calibrate_and_randomize(gm: fx.GraphModule, x: torch.Tensor, seed: int = 0) -> None:

@@ -165,6 +165,7 @@ def test_bench_directory_takes_input_size_from_report(pair, tmp_path, capsys):
     assert report["input_size"] == list(SIZE) and report["macs"] == macs
 
 
+@pytest.mark.slow
 def test_bench_model_spec_table_and_torch_runtime(capsys):
     code, out, _ = _bench(capsys, "cifar:resnet20", "--vs", "cifar:resnet20", "--repeats", 2,
                           "--warmup", 0)

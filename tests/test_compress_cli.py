@@ -1,4 +1,5 @@
-"""``fxprune compress`` end to end on real CIFAR-10 ResNet-20 weights and real images."""
+"""``fxprune compress`` end to end on real CIFAR-10 ResNet-20 weights and real images: every
+test is slow (one compress run is shared by most)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import fxprune
 from fxprune.cli import main
 
+pytestmark = pytest.mark.slow
 RUN = ["compress", "cifar:resnet20", "--shots", "5", "--drop", "rule", "--seed", "0",
        "--quantize", "int8"]
 

@@ -54,6 +54,7 @@ def test_real_cifar10_per_class_sampling(shared_path):
     assert not torch.equal(a.images, c.images)
 
 
+@pytest.mark.slow
 def test_real_jpeg_npz_is_close_to_lossless_pixels(shared_path):
     folder = shared_path("cifar10/cifar10_test_jpeg_q75.npz").parent
     shared_path("cifar10/cifar10_lossless_prefix.npz")
@@ -75,6 +76,7 @@ def test_real_imagenet32_is_unlabelled(shared_path):
         sample(pool, per_class=1)
 
 
+@pytest.mark.slow
 def test_real_imagenet_sample_is_labelled_by_class_index(shared_path):
     shared_path("imagenet-sample-images/class_index.tsv")
     pool = open_pool("imagenet-sample")

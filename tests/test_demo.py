@@ -24,6 +24,7 @@ def test_offline_without_data_it_says_what_to_point_it_at(tmp_path, monkeypatch,
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.slow
 def test_demo_downloads_its_inputs_on_first_use(tmp_path, monkeypatch, capsys):
     """A fresh clone with internet, played by a local stand-in server: a random ResNet-56 and a
     small CIFAR-10 archive are fetched into the empty cache, and the job runs through."""
@@ -39,6 +40,7 @@ def test_demo_downloads_its_inputs_on_first_use(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "cache" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
 
 
+@pytest.mark.slow
 def test_demo_compresses_resnet56(tmp_path, capsys, shared_path):
     shared_path("cifar10")
     shared_path("weights/cifar10-resnet")

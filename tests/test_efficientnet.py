@@ -57,6 +57,7 @@ def test_structure_sees_every_block_through_the_padding(lite0):
     assert len(structure.stem) == 1 and len(structure.head) == 1
 
 
+@pytest.mark.slow
 def test_dropped_blocks_with_adapters_fold_exactly(lite0):
     gm = trace(lite0, SIZE).double()
     calibrate_and_randomize(gm, example_input(SIZE, batch=4, dtype=torch.float64, seed=2))
@@ -76,6 +77,7 @@ def test_unknown_variant():
         load_model("efficientnet:lite9")
 
 
+@pytest.mark.slow
 def test_pretrained_lite0_on_real_images(shared_path):
     shared_path("imagenet-sample-images")
     shared_path("weights/imagenet-efficientnet-lite0")

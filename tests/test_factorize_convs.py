@@ -88,6 +88,7 @@ def test_refusals_and_idempotence(resnet):
     assert str(first.graph_module.graph) == graph
 
 
+@pytest.mark.slow
 def test_recovery_of_a_factorized_network(resnet):
     resnet = resnet.float()
     teacher = trace(resnet, SIZE)
@@ -105,6 +106,7 @@ def test_recovery_of_a_factorized_network(resnet):
     assert after < 0.7 * before
 
 
+@pytest.mark.slow
 def test_compress_decouple_option():
     torch.manual_seed(0)
     model = cifar_resnet(20).eval()

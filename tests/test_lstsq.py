@@ -124,6 +124,7 @@ def test_grouped_conv_is_refused():
                           torch.zeros(1, 4, 4, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", ["paper", "cvpr"])
 def test_closed_form_recovery_lowers_every_layer_loss(teacher, images, placement):
     student = student_with_adapters(teacher, placement)
@@ -142,6 +143,7 @@ def test_closed_form_recovery_lowers_every_layer_loss(teacher, images, placement
     torch.testing.assert_close(folded(images), student(images), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_closed_form_then_gradient_steps_starts_from_the_solution(teacher, images):
     solved = student_with_adapters(teacher, "cvpr")
     recover(teacher, solved, images, RecoveryConfig(init="lstsq", fit=None), progress=False)
@@ -163,6 +165,7 @@ def test_fit_none_needs_the_closed_form():
         RecoveryConfig(init="zeros")
 
 
+@pytest.mark.slow
 def test_adapters_too_wide_for_the_gram_train_by_gradient(teacher, images, monkeypatch):
     from fxprune.recovery import practise
     monkeypatch.setattr(practise, "MAX_GRAM_SIDE", 16 * 16)  # stage 1 only (16 channels)

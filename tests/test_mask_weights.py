@@ -98,6 +98,7 @@ def test_idempotent(resnet):
     assert all(torch.equal(after[name], mask) for name, mask in before.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["layerwise", "stagewise"])
 def test_recovery_of_a_masked_network(resnet, schedule):
     teacher = trace(resnet, SIZE)
@@ -157,6 +158,7 @@ def test_finetune_refuses_a_mask_for_no_parameter(resnet):
                  masks={"nope.weight": torch.ones(1)})
 
 
+@pytest.mark.slow
 def test_closed_form_recovery_trains_masked_convs_by_gradient(resnet):
     """The closed form does not cover U; with fit=None it still trains, layer-wise."""
     teacher = trace(resnet, SIZE)

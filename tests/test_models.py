@@ -13,6 +13,7 @@ from torch import nn
 from fxprune.errors import ModelSpecError, WeightsError
 from fxprune.models import LoadedModel, cifar_resnet, load_model
 from fxprune.models.checkpoints import load_weights, read_state_dict
+from tests.helpers import slow_case
 
 
 def _n_params(model: nn.Module) -> int:
@@ -90,7 +91,7 @@ def _top1(loaded: LoadedModel, lossless: Path, count: int) -> float:
     return (pred == y).float().mean().item()
 
 
-@pytest.mark.parametrize(("depth", "minimum"), [(20, 0.89), (56, 0.90)])
+@pytest.mark.parametrize(("depth", "minimum"), [(20, 0.89), slow_case(56, 0.90)])
 def test_pretrained_cifar_resnet_accuracy(shared_path, depth: int, minimum: float) -> None:
     weights = _cifar_weights(shared_path, depth)
     loaded = load_model(f"cifar:resnet{depth}")

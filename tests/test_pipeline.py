@@ -44,6 +44,7 @@ def test_compress_returns_a_plain_folded_network(model, images):
         assert torch.equal(value, before[key])
 
 
+@pytest.mark.slow
 def test_recovery_moves_the_output_towards_the_teacher(model, images):
     recovered = fxprune.compress(model, images, SIZE, drop="1.2,2.2", recovery=QUICK,
                                  progress=False)

@@ -47,6 +47,7 @@ def test_segment_refuses_inputs_that_do_not_cut(teacher):
         segment(teacher, [block.convs[1]], [block.exit])  # the shortcut bypasses conv2
 
 
+@pytest.mark.slow
 def test_fit_lowers_the_loss_and_keeps_the_best(images):
     torch.manual_seed(0)
     adapter = Adapter(3, bias=True)
@@ -59,6 +60,7 @@ def test_fit_lowers_the_loss_and_keeps_the_best(images):
     assert all(p.requires_grad for p in adapter.parameters())  # the caller's flags come back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule, placement", [
     ("joint", "cvpr"), ("stagewise", "cvpr"), ("joint", "paper"), ("layerwise", "paper")])
 def test_recovery_reduces_feature_error(teacher, images, schedule, placement):
@@ -77,6 +79,7 @@ def test_recovery_reduces_feature_error(teacher, images, schedule, placement):
             torch.testing.assert_close(value, frozen[name], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_recovery_is_deterministic(teacher, images):
     weights = []
     for _ in range(2):

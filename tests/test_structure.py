@@ -11,6 +11,7 @@ from fxprune.analysis.trunk import trunk
 from fxprune.macs import node_macs, total_macs
 from fxprune.models import cifar_resnet
 from fxprune.tracing import example_input, trace
+from tests.helpers import slow_case
 from tests.zoo_modules import FunctionalResNet
 
 SMALL = (3, 64, 64)
@@ -28,13 +29,13 @@ def _counts(structure) -> list[int]:
     ("resnet18", [2, 2, 2, 2]),
     ("resnet34", [3, 4, 6, 3]),
     ("resnet50", [3, 4, 6, 3]),
-    ("resnet101", [3, 4, 23, 3]),
-    ("wide_resnet50_2", [3, 4, 6, 3]),
+    slow_case("resnet101", [3, 4, 23, 3]),
+    slow_case("wide_resnet50_2", [3, 4, 6, 3]),
     ("resnext50_32x4d", [3, 4, 6, 3]),
-    ("vgg16", [2, 2, 3, 3, 3]),
-    ("vgg16_bn", [2, 2, 3, 3, 3]),
+    slow_case("vgg16", [2, 2, 3, 3, 3]),
+    slow_case("vgg16_bn", [2, 2, 3, 3, 3]),
     ("mobilenet_v2", [1, 2, 3, 4, 3, 3, 1]),
-    ("mobilenet_v3_large", [1, 2, 3, 4, 2, 3]),
+    slow_case("mobilenet_v3_large", [1, 2, 3, 4, 2, 3]),
     ("efficientnet_b0", [1, 2, 2, 3, 3, 4, 1]),
     ("regnet_x_400mf", [1, 2, 7, 12]),
 ])
@@ -81,6 +82,7 @@ def test_cifar_resnet56_option_a_shortcuts():
     assert all(block.droppable for stage in structure.stages for block in stage.blocks[1:])
 
 
+@pytest.mark.slow
 def test_vgg16_droppable_convs():
     structure = _structure(torchvision.models.vgg16())
     assert all(block.kind == "conv" and block.shortcut == "none" for block in structure.blocks)
@@ -116,7 +118,7 @@ def test_trunk_is_a_chain_of_dominators():
 
 
 @pytest.mark.parametrize("builder, expected", [
-    ("resnet34", 3.66e9), ("resnet50", 4.09e9), ("mobilenet_v2", 300.8e6)])
+    slow_case("resnet34", 3.66e9), slow_case("resnet50", 4.09e9), ("mobilenet_v2", 300.8e6)])
 def test_macs_match_paper_table1(builder, expected):
     gm = trace(torchvision.models.get_model(builder).eval(), (3, 224, 224))
     macs = total_macs(node_macs(gm, [example_input((3, 224, 224))]))

@@ -240,7 +240,8 @@ def main(argv=None) -> None:
             rows += run_group(variants, family, large, settings, log)
         batches[family.name] = large
     meta = {**run_record("tools/bench_latency.py", argv), "cpu": cpu_name(),
-            "cores": os.cpu_count(), "quick": settings.quick, "large_batch": batches, "warmup": settings.warmup,
+            "cores": os.cpu_count(), "quick": settings.quick, "large_batch": batches,
+            "warmup": settings.warmup,
             "repeats": settings.repeats, "budget_s": settings.budget_s,
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "wall_s": round(time.perf_counter() - started)}
@@ -258,7 +259,8 @@ def write_latency_results(output: Path, meta: dict, rows: list[dict],
         f"`{meta['command']}`", "",
         f"{meta['cpu']} ({meta['cores']} cores, shared), torch {meta['versions']['torch']}, "
         f"onnxruntime {meta['versions']['onnxruntime']}; {meta['wall_s']} s; 1-min load "
-        f"average {load_text} (before / after: with other processes on the cores, 2 threads gain little). Every model BN-folded "
+        f"average {load_text} (before / after: with other processes on the cores, 2 threads "
+        "gain little). Every model BN-folded "
         "and exported to ONNX; "
         "each family timed interleaved on one seeded input (median of "
         f"{meta['repeats']['small']} runs at batch 1, {meta['repeats']['large']} at the large "
