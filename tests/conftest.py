@@ -1,5 +1,5 @@
 """Session-wide test settings, the ``shared_path`` fixture (which marks its users
-``realdata``) and the ``small_resnet`` fixture."""
+``realdata``) and the small models and images most tests share."""
 
 from pathlib import Path
 
@@ -62,12 +62,29 @@ def shared_path():
     return _shared_path
 
 
+def _small_resnet():
+    torch.manual_seed(0)
+    gm = trace(cifar_resnet(20).eval(), SMALL_SIZE)
+    calibrate_and_randomize(gm, example_input(SMALL_SIZE, batch=16, seed=3))
+    return gm
+
+
 @pytest.fixture
 def small_resnet():
     """A traced CIFAR ResNet-20 for 16x16 inputs with calibrated, then perturbed, BN
     statistics: small enough for unit tests, real enough that folds and fits are not trivial.
     A fresh copy per test, so tests may rewrite it."""
-    torch.manual_seed(0)
-    gm = trace(cifar_resnet(20).eval(), SMALL_SIZE)
-    calibrate_and_randomize(gm, example_input(SMALL_SIZE, batch=16, seed=3))
-    return gm
+    return _small_resnet()
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """``small_resnet`` built once per module, for recovery tests: they read it and train
+    traced copies of it (``helpers.student_with_adapters``)."""
+    return _small_resnet()
+
+
+@pytest.fixture(scope="session")
+def images():
+    """24 random images of ``SMALL_SIZE`` to recover from (modules may override)."""
+    return example_input(SMALL_SIZE, batch=24, seed=1)

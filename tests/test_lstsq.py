@@ -13,18 +13,7 @@ from fxprune.passes import FoldAdapters
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
-from fxprune.tracing import example_input
-from tests.helpers import SMALL_SIZE, student_with_adapters
-
-
-@pytest.fixture
-def teacher(small_resnet):
-    return small_resnet
-
-
-@pytest.fixture
-def images():
-    return example_input(SMALL_SIZE, batch=24, seed=1)
+from tests.helpers import student_with_adapters
 
 
 def _random_adapter(channels: int, bias: bool, seed: int) -> Adapter:

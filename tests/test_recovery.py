@@ -8,27 +8,13 @@ import torch
 from fxprune.adapters import Adapter
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import PreconditionError
-from fxprune.models import cifar_resnet
 from fxprune.recovery.fit import FitConfig, fit
 from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
 from fxprune.recovery.segments import run_batched, segment
-from fxprune.tracing import example_input, trace
+from fxprune.tracing import trace
 from tests.helpers import SMALL_SIZE as SIZE
-from tests.helpers import calibrate_and_randomize, student_with_adapters
+from tests.helpers import student_with_adapters
 FAST = FitConfig(lr=3e-3, max_steps=60, patience=60)
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    torch.manual_seed(0)
-    gm = trace(cifar_resnet(20).eval(), SIZE)
-    calibrate_and_randomize(gm, example_input(SIZE, batch=32, seed=5))
-    return gm
-
-
-@pytest.fixture(scope="module")
-def images():
-    return example_input(SIZE, batch=24, seed=1)
 
 
 def test_segment_computes_the_same_values(teacher, images):
