@@ -6,7 +6,8 @@ the same input, and summarises each by its median and interquartile range: the d
 alike. How much faster one candidate is than another is ``latency_ratio``, the ratio of low
 quantiles, which interference from other processes hardly moves. Warm-up rounds run first and
 are discarded (lazy allocation, weight pre-packing, cold caches). Time is bounded by
-``repeats`` and an optional ``budget_s``.
+``repeats`` and an optional ``budget_s``. Every timing function reads the ``clock`` it is
+given (``time.perf_counter`` by default), so a test can drive it with a fake one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fxprune.export import as_array, cpu_session
 from fxprune.tracing import example_input
 
 Runner = Callable[[], object]  # one forward pass
+Clock = Callable[[], float]  # seconds, monotonic; ``time.perf_counter`` unless a test fakes it
 MIN_ROUNDS = 3  # rounds a time budget cannot cut below
 
 
@@ -91,20 +93,22 @@ def torch_runner(module: nn.Module, inputs: torch.Tensor, threads: int = 1) -> R
 
 
 def time_interleaved(runners: Sequence[Runner], warmup: int = 3, repeats: int = 20,
-                     budget_s: float | None = None) -> list[Timing]:
+                     budget_s: float | None = None, *,
+                     clock: Clock = time.perf_counter) -> list[Timing]:
     """Time every runner ``repeats`` times in rounds after ``warmup`` untimed rounds; odd
     rounds run the runners in order, even rounds in reverse. With ``budget_s``, stop after
     the first round that ends past the budget (counted from the first timed round), but never
     before ``MIN_ROUNDS`` rounds."""
     return [Timing.of(times) for times in interleaved_seconds(runners, warmup, repeats,
-                                                              budget_s)]
+                                                              budget_s, clock=clock)]
 
 
 def paired_ratios(runners: Sequence[Runner], warmup: int = 3, repeats: int = 20,
-                  budget_s: float | None = None) -> list[float]:
+                  budget_s: float | None = None, *,
+                  clock: Clock = time.perf_counter) -> list[float]:
     """For every runner after the first, ``latency_ratio`` of its times over the first
     runner's, all timed interleaved."""
-    first, *others = interleaved_seconds(runners, warmup, repeats, budget_s)
+    first, *others = interleaved_seconds(runners, warmup, repeats, budget_s, clock=clock)
     return [latency_ratio(times, first) for times in others]
 
 
@@ -123,7 +127,8 @@ def latency_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
 
 
 def interleaved_seconds(runners: Sequence[Runner], warmup: int, repeats: int,
-                        budget_s: float | None) -> list[list[float]]:
+                        budget_s: float | None, *,
+                        clock: Clock = time.perf_counter) -> list[list[float]]:
     """Seconds of every timed run, per runner, in round order (see ``time_interleaved``)."""
     if not runners or repeats < 1 or warmup < 0:
         raise ValueError("need at least one runner, repeats >= 1 and warmup >= 0")
@@ -132,27 +137,27 @@ def interleaved_seconds(runners: Sequence[Runner], warmup: int, repeats: int,
             runner()
     samples: list[list[float]] = [[] for _ in runners]
     forward = list(zip(runners, samples))
-    start = time.perf_counter()
+    start = clock()
     for done in range(1, repeats + 1):
         # every other round in reverse, so no runner always follows the same neighbour (its
         # cache footprint, its thread wake-ups) and a position effect averages out
         for runner, times in forward if done % 2 else forward[::-1]:
-            tick = time.perf_counter()
+            tick = clock()
             runner()
-            times.append(time.perf_counter() - tick)
-        if budget_s is not None and done >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
+            times.append(clock() - tick)
+        if budget_s is not None and done >= MIN_ROUNDS and clock() - start > budget_s:
             break
     return samples
 
 
 def measure(runner: Runner, warmup: int = 3, repeats: int = 20,
-            budget_s: float | None = None) -> Timing:
+            budget_s: float | None = None, *, clock: Clock = time.perf_counter) -> Timing:
     """Median and IQR of one runner."""
-    return time_interleaved([runner], warmup, repeats, budget_s)[0]
+    return time_interleaved([runner], warmup, repeats, budget_s, clock=clock)[0]
 
 
 def compare(a: Runner, b: Runner, warmup: int = 3, repeats: int = 20,
-            budget_s: float | None = None) -> Comparison:
+            budget_s: float | None = None, *, clock: Clock = time.perf_counter) -> Comparison:
     """``a`` and ``b`` timed interleaved (A B B A ...); ``.ratio`` is a's median over b's."""
-    timing_a, timing_b = time_interleaved([a, b], warmup, repeats, budget_s)
+    timing_a, timing_b = time_interleaved([a, b], warmup, repeats, budget_s, clock=clock)
     return Comparison(timing_a, timing_b)

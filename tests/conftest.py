@@ -1,13 +1,15 @@
-"""Session-wide test settings."""
+"""Session-wide test settings, the ``shared_path`` fixture (which marks its users
+``realdata``) and the small models and images most tests share."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from fxprune.data import data_dir
 from fxprune.models import cifar_resnet
 from fxprune.tracing import example_input, trace
-from tests.helpers import calibrate_and_randomize
-
-SMALL_SIZE = (3, 16, 16)  # the input size of ``small_resnet``
+from tests.helpers import SMALL_SIZE, calibrate_and_randomize
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -34,12 +36,55 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items):
+    """Every test that reaches the data folder does so through the ``shared_path`` fixture,
+    directly or through another fixture; marking those ``realdata`` here keeps the marker true
+    by construction (``-m "not realdata"`` runs what a fresh clone can)."""
+    for item in items:
+        if "shared_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.realdata)
+
+
+def _shared_path(relative: str) -> Path:
+    root = data_dir()
+    if root is None:
+        pytest.skip(f"needs the data folder (FXPRUNE_DATA, else ../shared/data) for {relative}")
+    if not (root / relative).exists():
+        pytest.skip(f"{relative} is not in the data folder {root}")
+    return root / relative
+
+
+@pytest.fixture(scope="session")
+def shared_path():
+    """``shared_path(relative)``: ``relative`` in the data folder, or skip the calling test
+    saying what is missing. Only through this fixture, so that its users are marked."""
+    return _shared_path
+
+
+def _small_resnet():
+    torch.manual_seed(0)
+    gm = trace(cifar_resnet(20).eval(), SMALL_SIZE)
+    calibrate_and_randomize(gm, example_input(SMALL_SIZE, batch=16, seed=3))
+    return gm
+
+
 @pytest.fixture
 def small_resnet():
     """A traced CIFAR ResNet-20 for 16x16 inputs with calibrated, then perturbed, BN
     statistics: small enough for unit tests, real enough that folds and fits are not trivial.
     A fresh copy per test, so tests may rewrite it."""
-    torch.manual_seed(0)
-    gm = trace(cifar_resnet(20).eval(), SMALL_SIZE)
-    calibrate_and_randomize(gm, example_input(SMALL_SIZE, batch=16, seed=3))
-    return gm
+    return _small_resnet()
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """``small_resnet`` built once per module, for recovery tests: they read it and train
+    traced copies of it (``helpers.student_with_adapters``)."""
+    return _small_resnet()
+
+
+@pytest.fixture(scope="session")
+def images():
+    """24 random images of ``SMALL_SIZE`` to recover from (modules may override)."""
+    return example_input(SMALL_SIZE, batch=24, seed=1)

@@ -1,16 +1,26 @@
-"""Shared test utilities: realistic random BN statistics, random adapters, output comparison,
-files of the data folder."""
+"""Shared test utilities: realistic random BN statistics, random adapters, a student with
+adapters, output comparison. (The data folder: the ``shared_path`` fixture of conftest.)"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 from torch import fx, nn
 
 from fxprune.adapters import Adapter
-from fxprune.data import data_dir
+from fxprune.analysis.sites import drop_sites
+from fxprune.analysis.structure import find_structure
+from fxprune.pass_manager import PassManager
+from fxprune.passes import DropBlocks, InsertAdapters
+from fxprune.tracing import trace
+
+SMALL_SIZE = (3, 16, 16)  # the input size of the ``small_resnet`` fixture
+
+
+def slow_case(*values) -> object:
+    """A ``parametrize`` case marked ``slow``: one that takes over ~1.5 s on a loaded 2-core
+    machine (docs/testing.md)."""
+    return pytest.param(*values, marks=pytest.mark.slow)
 
 
 def calibrate_and_randomize(gm: fx.GraphModule, x: torch.Tensor, seed: int = 0) -> None:
@@ -53,6 +63,16 @@ def randomize_adapters(gm: fx.GraphModule, seed: int = 0, scale: float = 0.1) ->
     return len(adapters)
 
 
+def student_with_adapters(teacher: fx.GraphModule, placement: str,
+                          ids: tuple[str, ...] = ("1.2", "2.2", "3.2"),
+                          size: tuple[int, int, int] = SMALL_SIZE) -> fx.GraphModule:
+    """A copy of ``teacher`` (its weights) with blocks ``ids`` dropped and identity adapters at
+    the ``placement`` sites, in eval mode."""
+    gm = trace(teacher, size)
+    sites = drop_sites(gm, find_structure(gm), ids, placement)
+    return PassManager([DropBlocks(ids), InsertAdapters(sites)])(gm).graph_module.eval()
+
+
 def count_modules(gm: nn.Module, kind: type | tuple[type, ...]) -> int:
     return sum(isinstance(module, kind) for module in gm.modules())
 
@@ -76,14 +96,3 @@ def assert_equivalent(expected: torch.Tensor, actual: torch.Tensor) -> None:
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max abs difference relative to the largest magnitude of the reference ``a``."""
     return max_abs_diff(a, b) / max(a.abs().max().item(), 1e-12)
-
-
-def shared_path(relative: str) -> Path:
-    """``relative`` in the data folder, or skip the calling test saying what is missing. Called
-    inside tests and fixtures, never at import, so collection never needs the data folder."""
-    root = data_dir()
-    if root is None:
-        pytest.skip(f"needs the data folder (FXPRUNE_DATA, else ../shared/data) for {relative}")
-    if not (root / relative).exists():
-        pytest.skip(f"{relative} is not in the data folder {root}")
-    return root / relative

@@ -59,23 +59,45 @@ def test_torch_runner_and_time_budget():
         time_interleaved([], repeats=1)
 
 
-def test_paired_ratios_ignore_a_burst(monkeypatch):
+class FakeClock:
+    """A clock whose time passes only when a runner advances it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_paired_ratios_ignore_a_burst():
     """On a fake clock: runs take 4, 2 and 8 ticks, except in the third round, where another
     process stalls the last two runners 50x; the ratio does not move."""
-    clock = [0.0]
-    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+    clock = FakeClock()
     calls = [0]
 
     def runner(ticks, bursty=False):
         def run():
             calls[0] += 1
             in_third_round = 6 < calls[0] <= 9
-            clock[0] += ticks * (50 if bursty and in_third_round else 1)
+            clock.now += ticks * (50 if bursty and in_third_round else 1)
         return run
 
     half, double = paired_ratios([runner(4), runner(2, True), runner(8, True)], warmup=0,
-                                 repeats=5)
+                                 repeats=5, clock=clock)
     assert half == 0.5 and double == 2.0
+
+
+@pytest.mark.parametrize("budget_s, rounds", [(0.0, MIN_ROUNDS), (4.5, 5), (100.0, 8)])
+def test_budget_stops_after_the_round_that_passes_it(budget_s, rounds):
+    """On a fake clock where every run takes one second: never fewer than ``MIN_ROUNDS``
+    rounds, else the first round that ends past the budget is the last, up to ``repeats``."""
+    clock = FakeClock()
+
+    def one_second():
+        clock.now += 1.0
+
+    timing = measure(one_second, warmup=2, repeats=8, budget_s=budget_s, clock=clock)
+    assert timing.runs == rounds and timing.median_ms == 1000.0
 
 
 def test_latency_ratio_sees_through_sustained_load():
@@ -143,6 +165,7 @@ def test_bench_directory_takes_input_size_from_report(pair, tmp_path, capsys):
     assert report["input_size"] == list(SIZE) and report["macs"] == macs
 
 
+@pytest.mark.slow
 def test_bench_model_spec_table_and_torch_runtime(capsys):
     code, out, _ = _bench(capsys, "cifar:resnet20", "--vs", "cifar:resnet20", "--repeats", 2,
                           "--warmup", 0)

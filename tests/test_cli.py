@@ -66,6 +66,7 @@ def test_bad_input_size_is_a_usage_error(capsys):
     assert "C,H,W" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_entry_point():
     completed = subprocess.run([sys.executable, "-m", "fxprune.cli", "inspect", "cifar:resnet20",
                                 "--json"], capture_output=True, text=True, check=True)

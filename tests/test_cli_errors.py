@@ -135,6 +135,7 @@ def test_empty_folder_and_folder_without_images(tmp_path, capsys):
                        "absent", tmp_path)
 
 
+@pytest.mark.slow
 def test_corrupt_images_are_skipped_with_a_count(tmp_path, capsys):
     folder = _write_images(tmp_path / "images", 14)
     for index in range(3):
@@ -147,6 +148,7 @@ def test_corrupt_images_are_skipped_with_a_count(tmp_path, capsys):
     assert (tmp_path / "out" / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_setbacks_are_printed_and_reported(tmp_path, capsys, monkeypatch):
     """What ``setbacks`` finds reaches the user three ways: a warning line, report.json and
     report.md (its judgement itself: tests/test_report.py)."""
@@ -167,6 +169,7 @@ def test_setbacks_are_printed_and_reported(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "out" / "model.int8.onnx").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_quantization_keeps_the_fp32_outputs(tmp_path, capsys, monkeypatch):
     def refuse(source, images, path):
         raise FxpruneError("ONNX Runtime could not quantize it")

@@ -1,4 +1,5 @@
-"""``fxprune compress`` end to end on real CIFAR-10 ResNet-20 weights and real images."""
+"""``fxprune compress`` end to end on real CIFAR-10 ResNet-20 weights and real images: every
+test is slow (one compress run is shared by most)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ import torch
 
 import fxprune
 from fxprune.cli import main
-from tests.helpers import shared_path
 
-pytestmark = pytest.mark.realdata
+pytestmark = pytest.mark.slow
 RUN = ["compress", "cifar:resnet20", "--shots", "5", "--drop", "rule", "--seed", "0",
        "--quantize", "int8"]
 
 
 @pytest.fixture(scope="module")
-def cifar_data():
+def cifar_data(shared_path):
     """The ``--data`` option for the data folder's CIFAR-10 (skips without it)."""
     return ["--data", f"cifar10:{shared_path('cifar10/cifar10_lossless_prefix.npz').parent}"]
 

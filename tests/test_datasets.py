@@ -10,19 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fxprune.data import data_dir
 from fxprune.datasets import (CIFAR10_CLASSES, ImagePool, augment, iter_batches, open_pool, sample,
                               split_pool, to_tensor)
 from fxprune.errors import FxpruneError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _shared(relative: str) -> Path:
-    root = data_dir()
-    if root is None or not (root / relative).exists():
-        pytest.skip(f"shared data {relative} not available")
-    return root / relative
 
 
 def _pool(n: int = 40, classes: int = 4, size: int = 8, seed: int = 0) -> ImagePool:
@@ -40,9 +32,8 @@ def _png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (12, 1
 # --- real data ---------------------------------------------------------------------------
 
 
-@pytest.mark.realdata
-def test_real_cifar10_npz_sizes_and_label_counts():
-    folder = _shared("cifar10/cifar10_lossless_prefix.npz").parent
+def test_real_cifar10_npz_sizes_and_label_counts(shared_path):
+    folder = shared_path("cifar10/cifar10_lossless_prefix.npz").parent
     train, test = open_pool(f"cifar10:{folder}", "train"), open_pool(f"cifar10:{folder}", "test")
     assert open_pool("cifar10").name == "cifar10/train" and len(open_pool("cifar10")) == 5085
     assert train.images.shape == (5085, 3, 32, 32) and train.images.dtype == torch.uint8
@@ -54,9 +45,8 @@ def test_real_cifar10_npz_sizes_and_label_counts():
     assert test.labels[:5].tolist() == [3, 8, 8, 0, 6]  # cat, ship, ship, airplane, frog
 
 
-@pytest.mark.realdata
-def test_real_cifar10_per_class_sampling():
-    _shared("cifar10/cifar10_lossless_prefix.npz")
+def test_real_cifar10_per_class_sampling(shared_path):
+    shared_path("cifar10/cifar10_lossless_prefix.npz")
     pool = open_pool("cifar10", "train")
     a, b, c = (sample(pool, per_class=10, seed=s) for s in (0, 0, 1))
     assert torch.bincount(a.labels, minlength=10).tolist() == [10] * 10
@@ -64,10 +54,10 @@ def test_real_cifar10_per_class_sampling():
     assert not torch.equal(a.images, c.images)
 
 
-@pytest.mark.realdata
-def test_real_jpeg_npz_is_close_to_lossless_pixels():
-    folder = _shared("cifar10/cifar10_test_jpeg_q75.npz").parent
-    _shared("cifar10/cifar10_lossless_prefix.npz")
+@pytest.mark.slow
+def test_real_jpeg_npz_is_close_to_lossless_pixels(shared_path):
+    folder = shared_path("cifar10/cifar10_test_jpeg_q75.npz").parent
+    shared_path("cifar10/cifar10_lossless_prefix.npz")
     jpeg, lossless = open_pool(f"cifar10-jpeg:{folder}"), open_pool("cifar10", "test")
     assert len(jpeg) == 10000 and jpeg.name == "cifar10-jpeg/test"
     assert torch.equal(jpeg.labels[:1017], lossless.labels)
@@ -77,9 +67,8 @@ def test_real_jpeg_npz_is_close_to_lossless_pixels():
         open_pool(f"cifar10-jpeg:{folder / 'cifar10_test_jpeg_q75.npz'}", "train")
 
 
-@pytest.mark.realdata
-def test_real_imagenet32_is_unlabelled():
-    path = _shared("imagenet-sample-images/imagenet_sample_32x32.npz")
+def test_real_imagenet32_is_unlabelled(shared_path):
+    path = shared_path("imagenet-sample-images/imagenet_sample_32x32.npz")
     pool = open_pool(f"imagenet32:{path}")
     assert pool.labels is None and pool.class_names is None
     assert pool.images.shape == (1000, 3, 32, 32)
@@ -87,9 +76,9 @@ def test_real_imagenet32_is_unlabelled():
         sample(pool, per_class=1)
 
 
-@pytest.mark.realdata
-def test_real_imagenet_sample_is_labelled_by_class_index():
-    _shared("imagenet-sample-images/class_index.tsv")
+@pytest.mark.slow
+def test_real_imagenet_sample_is_labelled_by_class_index(shared_path):
+    shared_path("imagenet-sample-images/class_index.tsv")
     pool = open_pool("imagenet-sample")
     assert len(pool) == 1000 and pool.labels.tolist() == list(range(1000))
     assert pool.images[0].name == "n01440764_tench.JPEG" and pool.class_names[0] == "tench"

@@ -14,7 +14,6 @@ from fxprune.cli import main
 from fxprune.commands import demo
 from fxprune.commands.demo import summary
 from tests.fake_remote import publish_checkpoint, publish_cifar10, serve
-from tests.helpers import shared_path
 
 
 def test_offline_without_data_it_says_what_to_point_it_at(tmp_path, monkeypatch, capsys):
@@ -28,6 +27,7 @@ def test_offline_without_data_it_says_what_to_point_it_at(tmp_path, monkeypatch,
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.slow
 def test_demo_downloads_its_inputs_on_first_use(tmp_path, monkeypatch, capsys):
     """A fresh clone with internet, played by a local stand-in server: a random ResNet-56 and a
     small CIFAR-10 archive are fetched into the empty cache, and the job runs through."""
@@ -64,8 +64,8 @@ def same_apart_from_timings(old, new, where="report") -> list[str]:
     return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
-@pytest.mark.realdata
-def test_demo_compresses_resnet56(tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_demo_compresses_resnet56(tmp_path, capsys, monkeypatch, shared_path):
     """The demo's report.json equals the one the code before the plan/run restructuring
     wrote (tests/golden/demo_report.json), apart from timings; a change meant to move the
     numbers (recovery, defaults) rewrites that file with the command above and says so."""

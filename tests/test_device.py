@@ -32,6 +32,7 @@ def _on_cpu(module):
                [*module.parameters(), *module.buffers()])
 
 
+@pytest.mark.slow
 def test_cpu_device_is_the_default():
     explicit, images = _compress("cpu")
     default, _ = _compress(torch.device("cpu"))

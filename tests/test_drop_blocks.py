@@ -237,6 +237,7 @@ def test_vgg_conv_unit_drop():
     assert torch.equal(_run(gm, x), _run(reference, x))
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_inverted_residual_drop():
     torch.manual_seed(0)
     model, x, gm = _prepared(torchvision.models.mobilenet_v2(), size=(3, 64, 64))

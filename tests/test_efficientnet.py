@@ -19,8 +19,7 @@ from fxprune.models.efficientnet_lite import LITE_MEAN, efficientnet_lite, plain
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters, folding
 from fxprune.tracing import example_input
-from tests.helpers import (assert_equivalent, calibrate_and_randomize, randomize_adapters,
-                           shared_path)
+from tests.helpers import assert_equivalent, calibrate_and_randomize, randomize_adapters
 
 package = pytest.importorskip("efficientnet_lite_pytorch")
 SIZE = (3, 224, 224)
@@ -58,6 +57,7 @@ def test_structure_sees_every_block_through_the_padding(lite0):
     assert len(structure.stem) == 1 and len(structure.head) == 1
 
 
+@pytest.mark.slow
 def test_dropped_blocks_with_adapters_fold_exactly(lite0):
     gm = trace(lite0, SIZE).double()
     calibrate_and_randomize(gm, example_input(SIZE, batch=4, dtype=torch.float64, seed=2))
@@ -77,8 +77,8 @@ def test_unknown_variant():
         load_model("efficientnet:lite9")
 
 
-@pytest.mark.realdata
-def test_pretrained_lite0_on_real_images():
+@pytest.mark.slow
+def test_pretrained_lite0_on_real_images(shared_path):
     shared_path("imagenet-sample-images")
     shared_path("weights/imagenet-efficientnet-lite0")
     loaded = load_model("efficientnet:lite0")

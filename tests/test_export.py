@@ -18,7 +18,7 @@ from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, FoldBatchNorm, InsertAdapters, folding
 from fxprune.tracing import example_input, trace
-from tests.helpers import calibrate_and_randomize, count_modules, randomize_adapters
+from tests.helpers import calibrate_and_randomize, count_modules, randomize_adapters, slow_case
 
 MODELS = {
     "cifar_resnet20": (lambda: cifar_resnet(20), (3, 32, 32)),
@@ -37,7 +37,8 @@ def _calibrated(name: str):
     return gm, size
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [name if name == "cifar_resnet20" else slow_case(name)
+                                  for name in MODELS])
 def test_onnx_runtime_matches_torch_at_any_batch(name, tmp_path):
     gm, size = _calibrated(name)
     path = export_onnx(gm, size, tmp_path / "model.onnx")
@@ -65,6 +66,7 @@ def test_write_is_atomic(tmp_path):
     assert path.read_bytes() == before  # the earlier export is untouched
 
 
+@pytest.mark.slow
 def test_folded_recovered_model_has_the_ops_of_the_plain_pruned_network(tmp_path):
     gm, size = _calibrated("resnet18")
     ids = ["1.2", "2.2", "3.2"]
@@ -88,7 +90,7 @@ def test_folded_recovered_model_has_the_ops_of_the_plain_pruned_network(tmp_path
     assert max_error <= 1e-5 * expected.abs().max().item()
 
 
-@pytest.mark.parametrize("build, size", [(torchvision.models.resnet18, (3, 224, 224)),
+@pytest.mark.parametrize("build, size", [slow_case(torchvision.models.resnet18, (3, 224, 224)),
                                          (lambda: cifar_resnet(20), (3, 32, 32))])
 def test_macs_and_params_from_the_onnx_graph_match_torch(build, size, tmp_path):
     gm = FoldBatchNorm()(trace(build().eval(), size)).graph_module

@@ -20,8 +20,8 @@ from fxprune.passes.factorize_convs import (OutputStatistics, dwpw_pair,
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.conftest import SMALL_SIZE as SIZE
 from tests.helpers import FP64_ATOL, randomize_adapters
+from tests.helpers import SMALL_SIZE as SIZE
 
 
 @pytest.fixture
@@ -90,6 +90,7 @@ def test_refusals_and_idempotence(resnet):
     assert str(first.graph_module.graph) == graph
 
 
+@pytest.mark.slow
 def test_recovery_of_a_factorized_network(resnet):
     resnet = resnet.float()
     teacher = trace(resnet, SIZE)
@@ -107,6 +108,7 @@ def test_recovery_of_a_factorized_network(resnet):
     assert after < 0.7 * before
 
 
+@pytest.mark.slow
 def test_compress_decouple_option():
     torch.manual_seed(0)
     model = cifar_resnet(20).eval()

@@ -13,19 +13,7 @@ from fxprune.passes import folding
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
-from fxprune.tracing import example_input
-from tests.conftest import SMALL_SIZE
-from tests.test_recovery import _student
-
-
-@pytest.fixture
-def teacher(small_resnet):
-    return small_resnet
-
-
-@pytest.fixture
-def images():
-    return example_input(SMALL_SIZE, batch=24, seed=1)
+from tests.helpers import student_with_adapters
 
 
 def _random_adapter(channels: int, bias: bool, seed: int) -> Adapter:
@@ -125,9 +113,10 @@ def test_grouped_conv_is_refused():
                           torch.zeros(1, 4, 4, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", ["paper", "cvpr"])
 def test_closed_form_recovery_lowers_every_layer_loss(teacher, images, placement):
-    student = _student(teacher, placement)
+    student = student_with_adapters(teacher, placement)
     reports = recover(teacher, student, images, RecoveryConfig(init="lstsq", fit=None),
                       progress=False)
     assert [report.adapters[0] for report in reports] == \
@@ -143,10 +132,11 @@ def test_closed_form_recovery_lowers_every_layer_loss(teacher, images, placement
     torch.testing.assert_close(folded(images), student(images), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_closed_form_then_gradient_steps_starts_from_the_solution(teacher, images):
-    solved = _student(teacher, "cvpr")
+    solved = student_with_adapters(teacher, "cvpr")
     recover(teacher, solved, images, RecoveryConfig(init="lstsq", fit=None), progress=False)
-    both = _student(teacher, "cvpr")
+    both = student_with_adapters(teacher, "cvpr")
     config = RecoveryConfig(init="lstsq", fit=FitConfig(lr=1e-3, max_steps=20, patience=20))
     reports = recover(teacher, both, images, config, progress=False)
     closed_form = len(adapter_nodes(both))
@@ -164,10 +154,11 @@ def test_fit_none_needs_the_closed_form():
         RecoveryConfig(init="zeros")
 
 
+@pytest.mark.slow
 def test_adapters_too_wide_for_the_gram_train_by_gradient(teacher, images, monkeypatch):
     from fxprune.recovery import practise
     monkeypatch.setattr(practise, "MAX_GRAM_SIDE", 16 * 16)  # stage 1 only (16 channels)
-    student = _student(teacher, "paper")
+    student = student_with_adapters(teacher, "paper")
     reports = recover(teacher, student, images, RecoveryConfig(init="lstsq", fit=None),
                       progress=False)
     solved = [report for report in reports if report.epochs == 0]

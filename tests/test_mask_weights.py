@@ -19,8 +19,8 @@ from fxprune.recovery.finetune import FinetuneConfig, finetune
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.conftest import SMALL_SIZE as SIZE
 from tests.helpers import FP64_ATOL
+from tests.helpers import SMALL_SIZE as SIZE
 
 
 @pytest.fixture
@@ -99,6 +99,7 @@ def test_idempotent(resnet):
     assert all(torch.equal(after[name], mask) for name, mask in before.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["layerwise", "stagewise"])
 def test_recovery_of_a_masked_network(resnet, schedule):
     teacher = trace(resnet, SIZE)
@@ -158,6 +159,7 @@ def test_finetune_refuses_a_mask_for_no_parameter(resnet):
                  masks={"nope.weight": torch.ones(1)})
 
 
+@pytest.mark.slow
 def test_closed_form_recovery_trains_masked_convs_by_gradient(resnet):
     """The closed form does not cover U; with fit=None it still trains, layer-wise."""
     teacher = trace(resnet, SIZE)

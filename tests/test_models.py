@@ -13,14 +13,14 @@ from torch import nn
 from fxprune.errors import ModelSpecError, WeightsError
 from fxprune.models import LoadedModel, cifar_resnet, load_model
 from fxprune.models.checkpoints import load_weights, read_state_dict
-from tests.helpers import shared_path
+from tests.helpers import slow_case
 
 
 def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _cifar_weights(depth: int) -> Path:
+def _cifar_weights(shared_path, depth: int) -> Path:
     """The data folder's checkpoint of this depth (skips the test without it)."""
     found = sorted(shared_path("weights/cifar10-resnet").glob(f"resnet{depth}-*.th"))
     if not found:
@@ -80,8 +80,8 @@ def test_state_dict_keys_follow_checkpoint_layout() -> None:
 # --- real pretrained weights ----------------------------------------------------------------
 
 
-def _top1(loaded: LoadedModel, count: int) -> float:
-    data = np.load(shared_path(_LOSSLESS))
+def _top1(loaded: LoadedModel, lossless: Path, count: int) -> float:
+    data = np.load(lossless)
     x = torch.from_numpy(data["test_x"][:count]).permute(0, 3, 1, 2).float() / 255
     mean = torch.tensor(loaded.mean).view(1, 3, 1, 1)
     std = torch.tensor(loaded.std).view(1, 3, 1, 1)
@@ -91,20 +91,18 @@ def _top1(loaded: LoadedModel, count: int) -> float:
     return (pred == y).float().mean().item()
 
 
-@pytest.mark.realdata
-@pytest.mark.parametrize(("depth", "minimum"), [(20, 0.89), (56, 0.90)])
-def test_pretrained_cifar_resnet_accuracy(depth: int, minimum: float) -> None:
-    weights = _cifar_weights(depth)
+@pytest.mark.parametrize(("depth", "minimum"), [(20, 0.89), slow_case(56, 0.90)])
+def test_pretrained_cifar_resnet_accuracy(shared_path, depth: int, minimum: float) -> None:
+    weights = _cifar_weights(shared_path, depth)
     loaded = load_model(f"cifar:resnet{depth}")
     assert loaded.weights == str(weights)
     assert loaded.input_size == (3, 32, 32)
     assert not loaded.model.training
-    assert _top1(loaded, 300) >= minimum
+    assert _top1(loaded, shared_path(_LOSSLESS), 300) >= minimum
 
 
-@pytest.mark.realdata
-def test_raw_checkpoint_is_unwrapped_and_unprefixed() -> None:
-    state = read_state_dict(_cifar_weights(20))
+def test_raw_checkpoint_is_unwrapped_and_unprefixed(shared_path) -> None:
+    state = read_state_dict(_cifar_weights(shared_path, 20))
     assert len(state) == 97
     assert "conv1.weight" in state and not any(k.startswith("module.") for k in state)
 

@@ -77,6 +77,7 @@ def test_compress_returns_a_plain_folded_network(model, images):
         assert torch.equal(value, before[key])
 
 
+@pytest.mark.slow
 def test_recovery_moves_the_output_towards_the_teacher(model, images):
     recovered = fxprune.compress(model, images, SIZE, Options(drop=Drop.blocks("1.2", "2.2"),
                                                               recovery=QUICK), progress=False)

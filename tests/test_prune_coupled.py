@@ -78,6 +78,7 @@ def test_streams_found_from_the_graph(resnet):
         ("layer3_0_conv3", 7, 7)]
 
 
+@pytest.mark.slow
 def test_streams_that_must_not_be_listed():
     # option-A shortcuts slice and pad the stream: no CIFAR ResNet stream can be pruned
     assert coupled_maps(trace(cifar_resnet(20).eval(), SIZE)) == []
@@ -228,6 +229,7 @@ def test_stage_schedules_compare_a_narrowed_stage_output_at_its_kept_channels(sc
     assert sum(r.loss_after for r in reports) < sum(r.loss_before for r in reports)
 
 
+@pytest.mark.slow
 def test_cli_prunes_streams_end_to_end(tmp_path):
     """``--prune-streams`` on torchvision's ResNet-18 (untrained; 32x32 noise images): streams
     narrowed, every adapter folded, ONNX matching, the scheme in the report."""
@@ -326,6 +328,7 @@ def test_layerwise_trains_what_feeds_a_stream_first():
     assert groups == [(["conv1"], ["conv2"]), (["short"], ["head"])]
 
 
+@pytest.mark.slow
 def test_streams_feeding_the_head_conv_need_the_layerwise_schedule():
     """MobileNetV3's last stream feeds the head conv, past the last stage output: stage-wise
     recovery leaves it out (or refuses it by name); layer-wise prunes it, and the `mir`

@@ -25,8 +25,8 @@ from fxprune.passes.prune_filters import keep_counts, l1_kept
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.tracing import example_input, trace
-from tests.conftest import SMALL_SIZE as SIZE
 from tests.helpers import FP64_ATOL, count_modules, randomize_adapters
+from tests.helpers import SMALL_SIZE as SIZE
 
 
 class PlainNet(nn.Module):
@@ -50,6 +50,7 @@ def resnet(small_resnet):
     return small_resnet
 
 
+@pytest.mark.slow
 def test_maps_found_from_the_graph():
     r56 = fxprune.trace(cifar_resnet(56).eval(), (3, 32, 32))
     maps = prunable_maps(r56, fxprune.find_structure(r56))
@@ -150,6 +151,7 @@ def test_idempotent_and_empty_plan(resnet):
     assert not PruneFilters({})(first.graph_module).modified
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["layerwise", "stagewise"])
 def test_recovery_of_a_pruned_network(resnet, schedule):
     teacher = trace(resnet, SIZE)
@@ -168,6 +170,7 @@ def test_recovery_of_a_pruned_network(resnet, schedule):
     assert error < 0.7 * F.mse_loss(pruned(images), teacher(images))
 
 
+@pytest.mark.slow
 def test_per_map_requests_mix_counts_and_ratios():
     """``prune_filters={name: int}`` keeps that many filters, ``{name: float}`` prunes that
     fraction of the map; unknown names and bad ratios are refused by name."""
@@ -186,6 +189,7 @@ def test_per_map_requests_mix_counts_and_ratios():
         options({"layer1_0_conv1": 1.5})
 
 
+@pytest.mark.slow
 def test_maps_stage_wise_recovery_cannot_train_are_refused():
     """A plain network's maps all pass through stage outputs, which stage-wise recovery
     compares at full width: a ratio and a request by name are both refused; so are a network

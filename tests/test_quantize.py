@@ -28,6 +28,7 @@ def exported(tmp_path_factory):
     return gm, path, images
 
 
+@pytest.mark.slow
 def test_int8_graph_is_close_to_fp32(exported, tmp_path):
     gm, path, images = exported
     calibration, held_out = images[:32], images[32:]
@@ -49,6 +50,7 @@ def test_int8_graph_is_close_to_fp32(exported, tmp_path):
     assert onnx_params(quantized) == onnx_params(path) > 250_000
 
 
+@pytest.mark.slow
 def test_same_images_same_file(exported, tmp_path):
     _, path, images = exported
     first = quantize_onnx(path, images[:16], tmp_path / "a.onnx").read_bytes()

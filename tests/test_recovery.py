@@ -6,40 +6,15 @@ import pytest
 import torch
 
 from fxprune.adapters import Adapter
-from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import PreconditionError
-from fxprune.models import cifar_resnet
-from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, InsertAdapters
 from fxprune.recovery.fit import FitConfig, fit
 from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
 from fxprune.segments import run_batched, segment
-from fxprune.tracing import example_input, trace
-from tests.helpers import calibrate_and_randomize
-
-SIZE = (3, 16, 16)
+from fxprune.tracing import trace
+from tests.helpers import SMALL_SIZE as SIZE
+from tests.helpers import student_with_adapters
 FAST = FitConfig(lr=3e-3, max_steps=60, patience=60)
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    torch.manual_seed(0)
-    gm = trace(cifar_resnet(20).eval(), SIZE)
-    calibrate_and_randomize(gm, example_input(SIZE, batch=32, seed=5))
-    return gm
-
-
-@pytest.fixture(scope="module")
-def images():
-    return example_input(SIZE, batch=24, seed=1)
-
-
-def _student(teacher, placement, ids=("1.2", "2.2", "3.2")):
-    gm = trace(teacher, SIZE)  # a copy with the teacher's (calibrated) weights
-    structure = find_structure(gm)
-    sites = drop_sites(gm, structure, ids, placement)
-    return PassManager([DropBlocks(ids), InsertAdapters(sites)])(gm).graph_module.eval()
 
 
 def test_segment_computes_the_same_values(teacher, images):
@@ -58,6 +33,7 @@ def test_segment_refuses_inputs_that_do_not_cut(teacher):
         segment(teacher, [block.convs[1]], [block.exit])  # the shortcut bypasses conv2
 
 
+@pytest.mark.slow
 def test_fit_lowers_the_loss_and_keeps_the_best(images):
     torch.manual_seed(0)
     adapter = Adapter(3, bias=True)
@@ -70,10 +46,11 @@ def test_fit_lowers_the_loss_and_keeps_the_best(images):
     assert all(p.requires_grad for p in adapter.parameters())  # the caller's flags come back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule, placement", [
     ("joint", "cvpr"), ("stagewise", "cvpr"), ("joint", "paper"), ("layerwise", "paper")])
 def test_recovery_reduces_feature_error(teacher, images, schedule, placement):
-    student = _student(teacher, placement)
+    student = student_with_adapters(teacher, placement)
     frozen = {name: value.clone() for name, value in student.state_dict().items()
               if "adapter" not in name}
     reports = recover(teacher, student, images, RecoveryConfig(schedule=schedule, fit=FAST),
@@ -88,10 +65,11 @@ def test_recovery_reduces_feature_error(teacher, images, schedule, placement):
             torch.testing.assert_close(value, frozen[name], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_recovery_is_deterministic(teacher, images):
     weights = []
     for _ in range(2):
-        student = _student(teacher, "cvpr")
+        student = student_with_adapters(teacher, "cvpr")
         recover(teacher, student, images, RecoveryConfig(schedule="joint", fit=FAST),
                 progress=False)
         weights.append({k: v for k, v in student.state_dict().items() if "adapter" in k})
@@ -100,7 +78,7 @@ def test_recovery_is_deterministic(teacher, images):
 
 
 def test_layerwise_refuses_output_side_adapters(teacher, images):
-    student = _student(teacher, "cvpr", ids=("1.3",))
+    student = student_with_adapters(teacher, "cvpr", ids=("1.3",))
     before = {k: v.clone() for k, v in student.state_dict().items()}
     with pytest.raises(PreconditionError, match="placed before a conv"):
         recover(teacher, student, images, RecoveryConfig(schedule="layerwise", fit=FAST),
@@ -116,7 +94,7 @@ def test_no_adapters_is_a_noop(teacher, images):
 
 def test_recovery_leaves_ordinary_contiguous_tensors(teacher, images):
     """Training runs channels-last; the student and teacher come back contiguous."""
-    student = _student(teacher, "cvpr")
+    student = student_with_adapters(teacher, "cvpr")
     recover(teacher, student, images, RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=2,
                                                                    patience=2)), progress=False)
     for module in (student, teacher):

@@ -56,6 +56,7 @@ def test_loaded_model_matches_and_takes_any_batch(saved):
     assert fxprune.load(path.parent)(images).shape == (3, 5)  # the folder form
 
 
+@pytest.mark.slow
 def test_loads_without_the_model_code_or_fxprune(saved):
     path, _, _ = saved
     script = textwrap.dedent(f"""

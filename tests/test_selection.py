@@ -20,7 +20,7 @@ from fxprune.selection import (LatencyCache, Recoverability, SelectionConfig, bl
                                select_blocks)
 from fxprune.selection import auto
 from fxprune.tracing import example_input
-from tests.conftest import SMALL_SIZE
+from tests.helpers import SMALL_SIZE
 
 QUICK = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=3, patience=2))
 
@@ -84,6 +84,7 @@ def test_recoverability(small_resnet, images):
     assert scorer(["1.2"]) == after and scorer.evaluations == 2  # memoised
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["greedy", "alone"])
 def test_choice_meets_the_budget(small_resnet, images, fake_latency, strategy, tmp_path):
     config = SelectionConfig(0.75, strategy=strategy, recovery=QUICK, cache=tmp_path / "c.json")
@@ -102,6 +103,7 @@ def test_choice_meets_the_budget(small_resnet, images, fake_latency, strategy, t
     assert all(c.reason for c in selection.candidates) and selection.recoverability > 0
 
 
+@pytest.mark.slow
 def test_blocks_are_added_when_the_measurement_misses(small_resnet, images, fake_latency,
                                                       tmp_path):
     fake_latency["per_block"] = 0.06  # blocks save less than their own timing predicts
@@ -118,6 +120,7 @@ def test_unreachable_budget(small_resnet, images, fake_latency, tmp_path):
         select_blocks(small_resnet, images, SMALL_SIZE, config, progress=False)
 
 
+@pytest.mark.slow
 def test_compress_with_auto_drop(images, fake_latency, tmp_path):
     drop = Drop.auto(0.85, recovery=QUICK, cache=tmp_path / "c.json")
     result = compress(cifar_resnet(20).eval(), images, SMALL_SIZE, Options(drop=drop),
@@ -130,6 +133,7 @@ def test_compress_with_auto_drop(images, fake_latency, tmp_path):
         Drop.auto(0.0)
 
 
+@pytest.mark.slow
 def test_a_budget_still_missed_is_reported(small_resnet, images, fake_latency, tmp_path):
     fake_latency["per_block"] = 0.01  # the network barely speeds up, whatever is dropped
     config = SelectionConfig(0.8, strategy="alone", recovery=QUICK, cache=tmp_path / "c.json")
@@ -138,6 +142,7 @@ def test_a_budget_still_missed_is_reported(small_resnet, images, fake_latency, t
     assert len(selection.blocks) == 2 + auto.MAX_EXTRA_BLOCKS
 
 
+@pytest.mark.slow
 def test_signatures_are_stable_across_processes(tmp_path):
     """The cache key holds no object address, so another process computes the same key."""
     script = ("import sys; sys.path.insert(0, {root!r})\n"

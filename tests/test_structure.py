@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -13,6 +11,8 @@ from fxprune.analysis.trunk import trunk
 from fxprune.macs import node_macs, total_macs
 from fxprune.models import cifar_resnet
 from fxprune.tracing import example_input, trace
+from tests.helpers import slow_case
+from tests.zoo_modules import FunctionalResNet
 
 SMALL = (3, 64, 64)
 
@@ -29,13 +29,13 @@ def _counts(structure) -> list[int]:
     ("resnet18", [2, 2, 2, 2]),
     ("resnet34", [3, 4, 6, 3]),
     ("resnet50", [3, 4, 6, 3]),
-    ("resnet101", [3, 4, 23, 3]),
-    ("wide_resnet50_2", [3, 4, 6, 3]),
+    slow_case("resnet101", [3, 4, 23, 3]),
+    slow_case("wide_resnet50_2", [3, 4, 6, 3]),
     ("resnext50_32x4d", [3, 4, 6, 3]),
-    ("vgg16", [2, 2, 3, 3, 3]),
-    ("vgg16_bn", [2, 2, 3, 3, 3]),
+    slow_case("vgg16", [2, 2, 3, 3, 3]),
+    slow_case("vgg16_bn", [2, 2, 3, 3, 3]),
     ("mobilenet_v2", [1, 2, 3, 4, 3, 3, 1]),
-    ("mobilenet_v3_large", [1, 2, 3, 4, 2, 3]),
+    slow_case("mobilenet_v3_large", [1, 2, 3, 4, 2, 3]),
     ("efficientnet_b0", [1, 2, 2, 3, 3, 4, 1]),
     ("regnet_x_400mf", [1, 2, 7, 12]),
 ])
@@ -82,6 +82,7 @@ def test_cifar_resnet56_option_a_shortcuts():
     assert all(block.droppable for stage in structure.stages for block in stage.blocks[1:])
 
 
+@pytest.mark.slow
 def test_vgg16_droppable_convs():
     structure = _structure(torchvision.models.vgg16())
     assert all(block.kind == "conv" and block.shortcut == "none" for block in structure.blocks)
@@ -98,30 +99,6 @@ def test_mobilenet_v2_inverted_residuals():
     assert len(structure.block("1.1").convs) == 2  # t=1: depthwise + project
     assert len(structure.block("3.2").convs) == 3  # expand + depthwise + project
     assert len(structure.stem) == 1 and len(structure.head) == 1
-
-
-class FunctionalResNet(nn.Module):
-    """Residual blocks written as plain functional code: no nn.Sequential, no block modules,
-    ``torch.add`` and ``+`` joins, a pooling shortcut, and a block without trailing ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.b1, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.c1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
-        self.d1, self.d2 = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = F.relu(self.stem(x))
-        x = F.relu(torch.add(self.a2(F.relu(self.a1(x))), x))
-        x = x + self.b2(F.relu(self.b1(x)))
-        shortcut = F.avg_pool2d(x, 2).repeat(1, 2, 1, 1)
-        x = F.relu(self.c2(F.relu(self.c1(x))) + shortcut)
-        x = F.relu(self.d2(F.relu(self.d1(x))) + x)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 def test_functional_style_blocks():
@@ -141,7 +118,7 @@ def test_trunk_is_a_chain_of_dominators():
 
 
 @pytest.mark.parametrize("builder, expected", [
-    ("resnet34", 3.66e9), ("resnet50", 4.09e9), ("mobilenet_v2", 300.8e6)])
+    slow_case("resnet34", 3.66e9), slow_case("resnet50", 4.09e9), ("mobilenet_v2", 300.8e6)])
 def test_macs_match_paper_table1(builder, expected):
     gm = trace(torchvision.models.get_model(builder).eval(), (3, 224, 224))
     macs = total_macs(node_macs(gm, [example_input((3, 224, 224))]))

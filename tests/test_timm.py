@@ -21,7 +21,7 @@ from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters, folding
 from fxprune.resolve import paper_rule
 from fxprune.tracing import example_input, trace
-from tests.helpers import calibrate_and_randomize, count_modules, randomize_adapters
+from tests.helpers import calibrate_and_randomize, count_modules, randomize_adapters, slow_case
 
 timm = pytest.importorskip("timm")
 
@@ -53,13 +53,18 @@ def _traced(name: str, dtype=torch.float32):
         return model, trace(model, SIZE)
 
 
-@pytest.mark.parametrize("name", DEFINITIONS)
+FAST_TO_BUILD = {"resnext26ts", "efficientnet_b0", "dla34", "convnext_atto"}
+
+
+@pytest.mark.parametrize("name", [name if name in FAST_TO_BUILD else slow_case(name)
+                                  for name in DEFINITIONS])
 def test_blocks_per_stage_follow_the_definition(name):
     _, gm = _traced(name)
     structure = find_structure(gm)
     assert [len(stage.blocks) for stage in structure.stages] == DEFINITIONS[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "regnety_008", "cspdarknet53",
                                   "nf_resnet26"])
 def test_rule_drop_folds_exactly_in_float64(name):
@@ -114,6 +119,7 @@ def test_timm_checkpoint_sizes_the_classifier(tmp_path, suffix):
         torch.testing.assert_close(loaded.model(x), trained(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_inspect_prints_the_stages(capsys):
     assert main(["inspect", "timm:regnety_008", "--input-size", "3,64,64"]) == 0
     out = capsys.readouterr().out
@@ -121,6 +127,7 @@ def test_inspect_prints_the_stages(capsys):
     assert "3.8" in out and "3.9" not in out
 
 
+@pytest.mark.slow
 def test_model_that_rejects_the_input_size_is_refused_in_one_line(capsys):
     """HaloNet's attention asserts that the feature map divides into its blocks."""
     with pytest.raises(TraceError, match=r"fails on the example input \(1, 3, 72, 72\) at "

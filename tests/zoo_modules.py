@@ -1,7 +1,8 @@
 """Small modules written the way model zoos write them (timm's idioms, without timm): a norm +
 activation layer that calls ``F.batch_norm`` on its own parameters, shape asserts, a
 weight-standardised conv, a TF-'SAME' conv that pads from the input's size, a linear layer
-that calls ``F.linear``. ``ZooResNet`` puts them together into a small residual network."""
+that calls ``F.linear``. ``ZooResNet`` puts them together into a small residual network.
+``FunctionalResNet`` writes residual blocks as plain functional code."""
 
 from __future__ import annotations
 
@@ -130,3 +131,27 @@ class CSPNet(nn.Module):
     def forward(self, x):
         x = self.stage2(self.down(self.stage1(self.stem(x))))
         return self.head(x.mean((2, 3)))
+
+
+class FunctionalResNet(nn.Module):
+    """Residual blocks written as plain functional code: no nn.Sequential, no block modules,
+    ``torch.add`` and ``+`` joins, a pooling shortcut, and a block without trailing ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.b1, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.d1, self.d2 = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(torch.add(self.a2(F.relu(self.a1(x))), x))
+        x = x + self.b2(F.relu(self.b1(x)))
+        shortcut = F.avg_pool2d(x, 2).repeat(1, 2, 1, 1)
+        x = F.relu(self.c2(F.relu(self.c1(x))) + shortcut)
+        x = F.relu(self.d2(F.relu(self.d1(x))) + x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

@@ -11,6 +11,7 @@ from agreement by a least-squares line.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from tools.harness import run_record, write_results  # noqa: E402
 
 RESULTS = ROOT / "tools" / "results"
 
@@ -73,7 +76,9 @@ def statistics(pairs: list[tuple[float, float, str]]) -> dict:
             "top1_range": [float(top1.min()), float(top1.max())]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    run = run_record("tools/agreement.py", argv)
     found = _pairs()
     table = {name: statistics(pairs) for name, pairs in found.items()}
     lines = ["# Label-free quality estimate: agreement with the original vs real top-1", "",
@@ -91,10 +96,8 @@ def main() -> None:
                      f"{stats['rms_error']:.2f} | {stats['agreement_range'][0]:.1f}–"
                      f"{stats['agreement_range'][1]:.1f} | {stats['top1_range'][0]:.1f}–"
                      f"{stats['top1_range'][1]:.1f} |")
-    (RESULTS / "agreement.md").write_text("\n".join(lines) + "\n\n![agreement vs top-1]"
-                                          "(agreement.png)\n")
-    (RESULTS / "agreement.json").write_text(json.dumps(
-        {"statistics": table, "models": found}, indent=1))
+    write_results(RESULTS / "agreement", {"statistics": table, "models": found},
+                  "\n".join(lines) + "\n\n![agreement vs top-1](agreement.png)", run)
     figure = Figure(figsize=(5 * len(found), 4), dpi=120, layout="constrained")
     FigureCanvasAgg(figure)
     for index, (name, pairs) in enumerate(found.items(), start=1):

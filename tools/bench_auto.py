@@ -35,7 +35,7 @@ from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from fxprune.selection import Recoverability, SelectionConfig, select_blocks  # noqa: E402
 from fxprune.selection.auto import whole_ratio  # noqa: E402
 from tools.bench_cifar import SCHEMES, mean_std  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 METHODS = ("rule", "random", "auto-alone", "auto-greedy")
 RESULTS = ROOT / "tools" / "results" / "auto_select"
@@ -145,7 +145,7 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=float, default=None, help="minutes; no new cell after")
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
+    file, results = open_results(args, summarize, "tools/bench_auto.py", argv, rows=True)
     start = time.perf_counter()
     bench = Bench()
     results["original"] = percent_equal(bench.reference, bench.test.labels)

@@ -38,7 +38,7 @@ from fxprune.pass_manager import PassManager  # noqa: E402
 from fxprune.passes import DropBlocks, FoldBatchNorm, InsertAdapters, folding  # noqa: E402
 from fxprune.recovery.finetune import FinetuneConfig, finetune  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 SCHEMES = {"3": ["1.2", "2.2", "3.2"],
            "9": ["1.2", "1.3", "1.4", "2.2", "2.3", "2.4", "3.2", "3.3", "3.4"]}
@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=float, default=None, help="minutes; no new cell after")
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
+    file, results = open_results(args, summarize, "tools/bench_cifar.py", argv, rows=True)
     start = time.perf_counter()
     bench = Bench()
     results["original"] = bench.accuracy(bench.teacher)

@@ -40,7 +40,7 @@ from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.selection import SelectionConfig  # noqa: E402
 from fxprune.selection.auto import whole_ratio  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 BUDGET = 0.85
 STREAM_RATIO = 0.25
@@ -137,7 +137,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=100)
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
+    file, results = open_results(args, summarize, "tools/bench_efficientnet.py", argv)
     bench = Bench()
     results["original"] = percent_equal(bench.reference, bench.labels[bench.held])
     for size in args.sizes:

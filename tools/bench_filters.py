@@ -32,7 +32,7 @@ from fxprune.evaluate import top1  # noqa: E402
 from fxprune.export import export_onnx  # noqa: E402
 from fxprune.latency import bench_input, onnx_runner, time_interleaved  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 DROP = ["1.2", "1.4", "1.6", "1.8", "2.2", "2.4", "2.6", "2.8", "3.2", "3.4", "3.6", "3.8",
         "3.9"]
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=float, default=None, help="minutes; no new cell after")
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
+    file, results = open_results(args, summarize, "tools/bench_filters.py", argv, rows=True)
     bench, start = Bench(), time.perf_counter()
     if "pruned" not in results:
         images = bench.tensor(sample(bench.pool, n=10, seed=0))

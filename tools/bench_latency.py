@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -30,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnxruntime
 import torch
 import torchvision
 from torch import fx, nn
@@ -48,6 +46,7 @@ from fxprune.passes import (DropBlocks, FoldBatchNorm, InsertAdapters,  # noqa: 
                             PruneFilters, folding)
 from fxprune.passes.prune_filters import keep_counts  # noqa: E402
 from fxprune.tracing import example_input  # noqa: E402
+from tools.harness import run_record, write_results  # noqa: E402
 from tests.helpers import randomize_adapters  # noqa: E402
 
 IMAGENET = (3, 224, 224)
@@ -240,30 +239,28 @@ def main(argv=None) -> None:
                 variants = family_variants(family, Path(folder))
             rows += run_group(variants, family, large, settings, log)
         batches[family.name] = large
-    command = " ".join([".venv/bin/python", "tools/bench_latency.py", *(argv or sys.argv[1:])])
-    meta = {"command": command, "cpu": cpu_name(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "quick": settings.quick, "large_batch": batches, "warmup": settings.warmup,
+    meta = {**run_record("tools/bench_latency.py", argv), "cpu": cpu_name(),
+            "cores": os.cpu_count(), "quick": settings.quick, "large_batch": batches,
+            "warmup": settings.warmup,
             "repeats": settings.repeats, "budget_s": settings.budget_s,
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "wall_s": round(time.perf_counter() - started)}
-    write_results(output, meta, rows, adapter_check)
+    write_latency_results(output, meta, rows, adapter_check)
     log(f"wrote {output}.md and {output}.json in {meta['wall_s']} s")
 
 
-def write_results(output: Path, meta: dict, rows: list[dict], adapter_check: dict | None
-                  ) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(
-        {**meta, "rows": rows, "adapter_check": adapter_check}, indent=1))
+def write_latency_results(output: Path, meta: dict, rows: list[dict],
+                          adapter_check: dict | None) -> None:
+    """``meta``: ``run_record`` and the settings of the run."""
     optional = lambda value: "" if value is None else f"{value:.2f}"  # noqa: E731
     load_text = " / ".join(f"{load:.1f}" for load in meta["load_average"])
     lines = [
         "# CPU latency of compressed networks (ONNX Runtime)", "",
         f"`{meta['command']}`", "",
-        f"{meta['cpu']} ({meta['cores']} cores, shared), torch {meta['torch']}, onnxruntime "
-        f"{meta['onnxruntime']}; {meta['wall_s']} s; 1-min load average {load_text} (before / "
-        "after: with other processes on the cores, 2 threads gain little). Every model BN-folded "
+        f"{meta['cpu']} ({meta['cores']} cores, shared), torch {meta['versions']['torch']}, "
+        f"onnxruntime {meta['versions']['onnxruntime']}; {meta['wall_s']} s; 1-min load "
+        f"average {load_text} (before / after: with other processes on the cores, 2 threads "
+        "gain little). Every model BN-folded "
         "and exported to ONNX; "
         "each family timed interleaved on one seeded input (median of "
         f"{meta['repeats']['small']} runs at batch 1, {meta['repeats']['large']} at the large "
@@ -294,7 +291,8 @@ def write_results(output: Path, meta: dict, rows: list[dict], adapter_check: dic
             check = adapter_check[placement]
             lines.append(f"- {placement}: {check['adapters']} adapters; folded ONNX vs unfolded "
                          f"torch max rel. error {check['onnx_vs_unfolded_max_rel']:.1e}")
-    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(output, {"rows": rows, "adapter_check": adapter_check}, "\n".join(lines),
+                  meta)
 
 
 def _scheme_text(dropped: list[str] | float) -> str:

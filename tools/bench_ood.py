@@ -27,7 +27,7 @@ import fxprune  # noqa: E402
 from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 POOLS = {"cifar10": ("cifar10", "train"), "imagenet32": ("imagenet32", None),
          "noise": ("noise:1000", None)}
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     parser.add_argument("--pools", nargs="+", choices=list(POOLS), default=list(POOLS))
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
+    file, results = open_results(args, summarize, "tools/bench_ood.py", argv)
     bench = Bench()
     results["original"] = percent_equal(bench.reference, bench.test.labels)
     for size in args.sizes:

@@ -38,7 +38,7 @@ from fxprune.passes import folding  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
 from tools.bench_cifar import SCHEMES, Bench as CifarBench  # noqa: E402
 from tools.bench_efficientnet import Bench as ImageNetBench  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 RESULTS = ROOT / "tools" / "results" / "quantize"
 
@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
-    results["command"] = " ".join([".venv/bin/python", "tools/bench_quantize.py",
-                                   *(argv if argv is not None else sys.argv[1:])])
+    file, results = open_results(args, summarize, "tools/bench_quantize.py", argv)
     with tempfile.TemporaryDirectory(prefix="fxprune-bench-quantize-") as scratch:
         results["cells"].update(cifar_rows(args.seeds, Path(scratch)))
         file.save(results)

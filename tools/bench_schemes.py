@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from fxprune.datasets import sample  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
 from tools.bench_filters import Bench  # noqa: E402
-from tools.results_file import add_run_arguments, open_results  # noqa: E402
+from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 SCHEMES = {"dwpw": dict(drop=None, decouple="dwpw"),
            "lowrank 0.4": dict(drop=None, decouple="lowrank:0.4"),
@@ -55,10 +55,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
+    file, results = open_results(args, summarize, "tools/bench_schemes.py", argv, rows=True)
     bench = Bench()
-    results["command"] = " ".join([".venv/bin/python", "tools/bench_schemes.py",
-                                   *(argv if argv is not None else sys.argv[1:])])
     results["original"] = bench.accuracy(bench.loaded.model)
     for seed in args.seeds:
         chosen = sample(bench.pool, per_class=5, seed=seed)

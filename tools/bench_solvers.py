@@ -32,6 +32,7 @@ from fxprune.passes import DropBlocks, InsertAdapters, folding  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
 from tools.bench_cifar import SCHEMES  # noqa: E402
+from tools.harness import RUN_KEY, run_record, write_results  # noqa: E402
 
 
 def variants(steps: int) -> dict[str, tuple[str, RecoveryConfig]]:
@@ -54,6 +55,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    run = run_record("tools/bench_solvers.py", argv)
     loaded = load_model("cifar:resnet56")
     size, ids = loaded.input_size, SCHEMES[args.blocks]
     pool, test = open_pool("cifar10", "train"), open_pool("cifar10", "test")
@@ -79,9 +81,10 @@ def main(argv=None) -> None:
             recover(teacher, student, images, config, progress=False)
             seconds = time.perf_counter() - tick
             accuracy = top1(folding()(student).graph_module, test_images, test.labels)
-            rows[name].append({"seed": seed, "top1": accuracy, "seconds": seconds})
+            rows[name].append({"seed": seed, "top1": accuracy, "seconds": seconds,
+                               RUN_KEY: run})
             print(f"seed {seed} {name}: {accuracy:.2f} % {seconds:.0f} s", flush=True)
-            write(args, stem, rows)
+            write(args, stem, rows, run)
 
 
 def results_stem(args) -> Path:
@@ -89,7 +92,7 @@ def results_stem(args) -> Path:
     return ROOT / "tools" / "results" / f"solvers_{args.blocks}blocks_{args.images}images{steps}"
 
 
-def write(args, stem: Path, rows: dict[str, list[dict]]) -> None:
+def write(args, stem: Path, rows: dict[str, list[dict]], run: dict) -> None:
     command = ("`.venv/bin/python tools/bench_solvers.py --blocks "
                f"{args.blocks} --images {args.images} --seeds {' '.join(map(str, args.seeds))} "
                f"--steps {args.steps}" + (f" --threads {args.threads}" if args.threads else "")
@@ -105,8 +108,7 @@ def write(args, stem: Path, rows: dict[str, list[dict]]) -> None:
         lines.append(f"| {name} | {statistics.mean(accuracies):.2f} ± {spread:.2f} | "
                      f"{', '.join(f'{a:.2f}' for a in accuracies)} | "
                      f"{statistics.mean(run['seconds'] for run in runs):.0f} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    write_results(stem, {"rows": rows}, "\n".join(lines), run)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.results_file import run_record  # noqa: E402
+from tools.harness import run_record, write_results  # noqa: E402
 
 LOAD = [sys.executable, "-c", "while True: pass"]
 RESULTS = ROOT / "tools" / "results" / "threads"
@@ -55,20 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         rows["busy, 2 threads"] = compress_seconds(args.model, args.images, 2)
     finally:
         load.kill()
-    results = {**run_record("tools/bench_threads.py", argv), "rows": rows,
-               "load": " ".join(LOAD[1:])}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    run = run_record("tools/bench_threads.py", argv)
     quiet = rows["quiet, default"]["seconds"]
     lines = [f"# Compression time, quiet and busy ({args.model}, rule drop, {args.images} "
-             "images)", "", f"`{results['command']}` (commit {results['commit']}, "
-             f"{results['machine']}); busy: one `python -c 'while True: pass'` beside it.", "",
+             "images)", "", f"`{run['command']}` (commit {run['commit']}, "
+             f"{run['machine']}); busy: one `python -c 'while True: pass'` beside it.", "",
              "| case | torch threads | compression s | wall s | ÷ quiet default | top-1 |",
              "|---|---|---|---|---|---|"]
     for case, row in rows.items():
         lines.append(f"| {case} | {row['threads']} | {row['seconds']} | {row['wall']} | "
                      f"{row['seconds'] / quiet:.2f} | {row['top1']:.2f} |")
-    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(RESULTS, {"rows": rows, "load": " ".join(LOAD[1:])}, "\n".join(lines), run)
     print("\n".join(lines))
     return 0
 

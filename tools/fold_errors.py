@@ -9,7 +9,7 @@ relative to the output's magnitude (float32). Writes tools/results/fold_errors.{
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,12 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fxprune.passes import folding  # noqa: E402
+from tests.architectures import (ARCHITECTURES, compressed_with_adapters,  # noqa: E402
+                                 input_size)
 from tests.helpers import max_abs_diff, max_rel_diff, randomize_adapters  # noqa: E402
-from tests.test_exactness import ARCHITECTURES, SIZES, _compressed  # noqa: E402
+from tools.harness import run_record, write_results  # noqa: E402
 
 
 def measure(name: str) -> dict:
-    size = SIZES.get(name, (3, 64, 64))
+    size = input_size(name)
     torch.manual_seed(0)  # random init: the same weights on every run
     model = ARCHITECTURES[name]()
     row = {"architecture": name, "input": list(size)}
@@ -32,7 +34,7 @@ def measure(name: str) -> dict:
                                  (torch.float32, "fp32_max_rel", max_rel_diff)]:
         worst = 0.0
         for placement in ("paper", "cvpr"):
-            gm, x, ids, sites = _compressed(model, size, dtype, placement)
+            gm, x, ids, sites = compressed_with_adapters(model, size, dtype, placement)
             randomize_adapters(gm, scale=0.3)
             with torch.no_grad():
                 unfolded = gm(x)
@@ -44,14 +46,11 @@ def measure(name: str) -> dict:
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    run = run_record("tools/fold_errors.py", argv)
     rows = [measure(name) for name in ARCHITECTURES]
-    results = ROOT / "tools" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    command = ".venv/bin/python tools/fold_errors.py"
-    (results / "fold_errors.json").write_text(json.dumps({"command": command, "rows": rows},
-                                                         indent=1))
-    lines = [f"# Fold exactness\n\n`{command}` (batch 2, random BN statistics, adapters "
+    lines = [f"# Fold exactness\n\n`{run['command']}` (batch 2, random BN statistics, adapters "
              "I + 0.3·G/√C, both placements; worst of the two)\n",
              "| architecture | input | dropped | adapters paper / cvpr | fp64 max abs | "
              "fp32 max rel |", "|---|---|---|---|---|---|"]
@@ -60,7 +59,8 @@ def main() -> None:
                      f"{', '.join(row['dropped'])} | {row['paper_adapters']} / "
                      f"{row['cvpr_adapters']} | {row['fp64_max_abs']:.2e} | "
                      f"{row['fp32_max_rel']:.2e} |")
-    (results / "fold_errors.md").write_text("\n".join(lines) + "\n")
+    write_results(ROOT / "tools" / "results" / "fold_errors", {"rows": rows}, "\n".join(lines),
+                  run)
     print("\n".join(lines))
 
 

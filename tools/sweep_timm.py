@@ -39,7 +39,7 @@ from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.tracing import example_input, opaque_leaves, trace  # noqa: E402
 from tests.helpers import calibrate_and_randomize, randomize_adapters  # noqa: E402
-from tools.results_file import open_sweep  # noqa: E402
+from tools.harness import open_sweep  # noqa: E402
 
 SIZE = (3, 128, 128)
 MODELS = (  # by family; every name is a timm 1.0 architecture

@@ -28,7 +28,7 @@ from fxprune.errors import FxpruneError  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.tracing import example_input  # noqa: E402
-from tools.results_file import open_sweep  # noqa: E402
+from tools.harness import open_sweep  # noqa: E402
 
 MODELS = ("alexnet", "squeezenet1_0", "densenet121", "shufflenet_v2_x0_5", "mnasnet0_5",
           "googlenet", "inception_v3", "regnet_y_400mf", "convnext_tiny", "efficientnet_v2_s",
@@ -104,7 +104,8 @@ def summarize(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args, file, results = open_sweep(__doc__.split("\n\n")[0], MODELS, RESULTS, summarize,
-                                     "tools/sweep_torchvision.py", argv, torchvision=torchvision.__version__)
+                                     "tools/sweep_torchvision.py", argv, rows=True,
+                                     torchvision=torchvision.__version__)
     for name in args.models:
         results["cells"][name] = {scheme: run(name, options)
                                   for scheme, options in SCHEMES.items()}
