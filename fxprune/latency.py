@@ -44,17 +44,6 @@ class Timing:
         return cls(float(median), float(q3 - q1), len(seconds))
 
 
-@dataclass(frozen=True)
-class Comparison:
-    a: Timing
-    b: Timing
-
-    @property
-    def ratio(self) -> float:
-        """Median latency of ``a`` divided by that of ``b``."""
-        return self.a.median_ms / self.b.median_ms
-
-
 def cpu_name() -> str:
     """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
@@ -154,10 +143,3 @@ def measure(runner: Runner, warmup: int = 3, repeats: int = 20,
             budget_s: float | None = None, *, clock: Clock = time.perf_counter) -> Timing:
     """Median and IQR of one runner."""
     return time_interleaved([runner], warmup, repeats, budget_s, clock=clock)[0]
-
-
-def compare(a: Runner, b: Runner, warmup: int = 3, repeats: int = 20,
-            budget_s: float | None = None, *, clock: Clock = time.perf_counter) -> Comparison:
-    """``a`` and ``b`` timed interleaved (A B B A ...); ``.ratio`` is a's median over b's."""
-    timing_a, timing_b = time_interleaved([a, b], warmup, repeats, budget_s, clock=clock)
-    return Comparison(timing_a, timing_b)

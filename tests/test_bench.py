@@ -8,13 +8,12 @@ import json
 import onnx
 import pytest
 
-from fxprune import latency
+from fxprune import benchmark, latency
 from fxprune.cli import main
-from fxprune import benchmark
 from fxprune.export import export_onnx
-from fxprune.latency import (MIN_ROUNDS, bench_input, compare, interleaved_seconds,
-                             latency_ratio, measure, onnx_runner, paired_ratios,
-                             time_interleaved, torch_runner)
+from fxprune.latency import (MIN_ROUNDS, Timing, bench_input, interleaved_seconds, latency_ratio,
+                             measure, onnx_runner, paired_ratios, time_interleaved,
+                             torch_runner)
 from fxprune.macs import node_macs, total_macs
 from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
@@ -39,16 +38,16 @@ def pair(tmp_path_factory):
     return result
 
 
-def test_compare_gives_positive_medians_and_a_sane_self_ratio(pair):
+def test_interleaved_timing_gives_positive_medians_and_a_sane_self_ratio(pair):
     path, _ = pair["original"]
     inputs = bench_input(SIZE, batch=2)
-    comparison = compare(onnx_runner(path, inputs), onnx_runner(path, inputs), warmup=2,
-                         repeats=15)
-    for timing in (comparison.a, comparison.b):
+    first, second = interleaved_seconds([onnx_runner(path, inputs), onnx_runner(path, inputs)],
+                                        warmup=2, repeats=15, budget_s=None)
+    for timing in (Timing.of(first), Timing.of(second)):
         assert timing.runs == 15 and timing.median_ms > 0 and timing.iqr_ms >= 0
     # the same model against itself; wide bounds: millisecond runs on a machine other
     # processes may load (the ratio's precision is measured in tools/bench_latency.py)
-    assert 0.25 <= comparison.ratio <= 4.0
+    assert 0.25 <= latency_ratio(first, second) <= 4.0
 
 
 def test_torch_runner_and_time_budget():
