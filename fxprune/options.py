@@ -14,12 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from fxprune.errors import FxpruneError
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig
-from fxprune.selection import SelectionConfig
+
+if TYPE_CHECKING:
+    from fxprune.selection import SelectionConfig
 
 
 class Schedule(StrEnum):
@@ -73,6 +76,7 @@ class Drop:
              threads: int = 1, **tuning) -> Drop:
         """Latencies at ``batch`` and ``threads`` (ONNX Runtime) decide what the budget buys;
         ``tuning``: the other fields of ``fxprune.selection.SelectionConfig``."""
+        from fxprune.selection import SelectionConfig  # here: selection imports this module
         return cls("auto", selection=SelectionConfig(budget, strategy=str(Strategy(strategy)),
                                                      batch=batch, threads=threads, **tuning))
 

@@ -12,16 +12,16 @@ adapters make the loss invisible at the head. Results are memoised by set.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 
 import torch
 from torch import fx
 
-from fxprune.analysis.sites import drop_sites
 from fxprune.analysis.structure import find_structure
+from fxprune.errors import FxpruneWarning
 from fxprune.meta import stand_in
-from fxprune.pass_manager import PassManager
-from fxprune.passes import DropBlocks, InsertAdapters
+from fxprune.options import Drop, Options, Recovery
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.segments import run_batched, segment
@@ -52,11 +52,19 @@ class Recoverability:
         return run_batched(part, [self.images], self.batch_size)[0]
 
     def student(self, block_ids: Iterable[str]) -> fx.GraphModule:
-        """The teacher with ``block_ids`` dropped and adapters inserted (untrained)."""
+        """The teacher with ``block_ids`` dropped and adapters inserted (untrained): the
+        rewriting of the plan that drops them."""
+        from fxprune.plan import plan  # the planner itself uses this module for Drop.auto
+
         ids = list(block_ids)
-        gm = copy.deepcopy(self.teacher)
-        sites = drop_sites(gm, self.structure, ids, self.placement)
-        return PassManager([DropBlocks(ids), InsertAdapters(sites)])(gm).graph_module
+        if not ids:
+            return copy.deepcopy(self.teacher)
+        options = Options(drop=Drop.blocks(*ids), recovery=Recovery(placement=self.placement))
+        with warnings.catch_warnings():  # a candidate with no adapter site is scored as it is
+            warnings.simplefilter("ignore", FxpruneWarning)
+            planned = plan(self.teacher, options, input_size=tuple(self.images.shape[1:]),
+                           progress=False)
+        return planned.passes()(copy.deepcopy(self.teacher)).graph_module
 
     def __call__(self, block_ids: Iterable[str]) -> float:
         key = frozenset(block_ids)
