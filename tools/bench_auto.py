@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import fxprune  # noqa: E402
 from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
+from fxprune.options import Drop, Options  # noqa: E402
 from fxprune.selection import Recoverability, SelectionConfig, select_blocks  # noqa: E402
 from fxprune.selection.auto import whole_ratio  # noqa: E402
 from tools.bench_cifar import SCHEMES, mean_std  # noqa: E402
@@ -64,8 +65,8 @@ class Bench:
                                 LATENCY["threads"], Path(scratch))[0]
 
     def recovered_row(self, ids, images, seed, seconds_before: float, tick: float) -> dict:
-        result = fxprune.compress(self.loaded.model, images, self.size, drop=ids, seed=seed,
-                                  progress=False)
+        result = fxprune.compress(self.loaded.model, images, self.size,
+                                  Options(drop=Drop.blocks(*ids), seed=seed), progress=False)
         predicted = predictions(result.model, self.test_images)
         return {"blocks": list(ids), "latency_ratio": self.ratio(ids),
                 "lossless": percent_equal(predicted, self.test.labels),

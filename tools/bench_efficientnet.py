@@ -36,14 +36,19 @@ from fxprune.datasets import open_pool, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from fxprune.export import export_onnx  # noqa: E402
 from fxprune.latency import bench_input, onnx_runner, paired_ratios  # noqa: E402
+from fxprune.options import Drop, Options, Recovery, Schedule, StreamPruning  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
-from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
-from fxprune.selection import SelectionConfig  # noqa: E402
 from fxprune.selection.auto import whole_ratio  # noqa: E402
 from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 BUDGET = 0.85
 STREAM_RATIO = 0.25
+CHOICES = {  # what each choice compresses, and the schedule that recovers it
+    "rule": (dict(drop=Drop.rule()), Schedule.STAGEWISE),
+    "auto": (dict(drop=Drop.auto(BUDGET, batch=1, threads=1)), Schedule.STAGEWISE),
+    "streams": (dict(drop=None, streams=StreamPruning(STREAM_RATIO)), Schedule.LAYERWISE),
+    "streams-stagewise": (dict(drop=None, streams=StreamPruning(STREAM_RATIO)),
+                          Schedule.STAGEWISE)}
 RESULTS = ROOT / "tools" / "results" / "efficientnet_lite0"
 COMMAND = "`.venv/bin/python tools/bench_efficientnet.py --threads 1`"
 
@@ -76,30 +81,25 @@ class Bench:
     def run(self, choice: str, size: int, seed: int, steps: int) -> dict:
         draw = torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(seed))
         tiny = self.images[self.pool[draw[:size]]]
+        compression, schedule = CHOICES[choice]
         fit = FitConfig(lr=1e-3, max_steps=steps, patience=20)
-        recovery = RecoveryConfig(fit=fit)
-        options = {"rule": dict(drop="rule"),
-                   "auto": dict(drop="auto", selection=SelectionConfig(BUDGET, batch=1,
-                                                                      threads=1)),
-                   "streams": dict(drop=None, prune_streams=STREAM_RATIO),
-                   "streams-stagewise": dict(drop=None, prune_streams=STREAM_RATIO)}[choice]
-        if choice == "streams":
-            recovery = RecoveryConfig(schedule="layerwise", fit=fit)
+        options = Options(**compression, recovery=Recovery(schedule=schedule, fit=fit),
+                          seed=seed)
         tick = time.perf_counter()
-        result = fxprune.compress(self.loaded.model, tiny, self.size, recovery=recovery,
-                                  seed=seed, progress=False, **options)
+        result = fxprune.compress(self.loaded.model, tiny, self.size, options, progress=False)
         seconds = time.perf_counter() - tick
         report = result.report
         with tempfile.TemporaryDirectory() as scratch:
-            latency = whole_ratio(self.teacher, report["drop"], self.size, 1, 1,
-                                  Path(scratch))[0] if report["drop"] else \
+            latency = whole_ratio(self.teacher, report.drop, self.size, 1, 1,
+                                  Path(scratch))[0] if report.drop else \
                 self.latency_ratio(result.model, Path(scratch))
-        return {"blocks": report["drop"] or [f"streams -{STREAM_RATIO:.0%}"],
+        models = report.models
+        return {"blocks": report.drop or [f"streams -{STREAM_RATIO:.0%}"],
                 "pruned": self.scores(result.pruned),
                 "recovered": self.scores(result.model),
-                "mac_ratio": report["compressed"]["macs"] / report["original"]["macs"],
+                "mac_ratio": models["compressed"].macs / models["original"].macs,
                 "latency_ratio": latency, "seconds": seconds, "steps": steps,
-                "threads": torch.get_num_threads(), "auto": report["auto"]}
+                "threads": torch.get_num_threads(), "auto": report.as_json()["auto"]}
 
 
 def summarize(results: dict) -> str:
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 500])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--choices", nargs="+",
-                        choices=("rule", "auto", "streams", "streams-stagewise"),
+                        choices=list(CHOICES),
                         default=["rule", "auto"])
     parser.add_argument("--steps", type=int, default=100)
     add_run_arguments(parser, RESULTS)

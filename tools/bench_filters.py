@@ -31,13 +31,16 @@ from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import top1  # noqa: E402
 from fxprune.export import export_onnx  # noqa: E402
 from fxprune.latency import bench_input, onnx_runner, time_interleaved  # noqa: E402
+from fxprune.options import Drop, FilterPruning, Options, Recovery  # noqa: E402
+from fxprune.recovery.finetune import FinetuneConfig  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
 from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 DROP = ["1.2", "1.4", "1.6", "1.8", "2.2", "2.4", "2.6", "2.8", "3.2", "3.4", "3.6", "3.8",
         "3.9"]
-SCHEMES = {"filters 50%": dict(drop=None, prune_filters=0.5),
-           "13 blocks": dict(drop=DROP, prune_filters=None)}
+SCHEMES = {"filters 50%": dict(drop=None, filters=FilterPruning(0.5)),
+           "13 blocks": dict(drop=Drop.blocks(*DROP))}
+CE_MSE = FinetuneConfig("ce-mse")
 RESULTS = ROOT / "tools" / "results" / "cifar_resnet56_filter"
 COMMAND = "`.venv/bin/python tools/bench_filters.py --threads 1`"
 
@@ -55,16 +58,17 @@ class Bench:
     def accuracy(self, model) -> float:
         return top1(model, self.test_images, self.test.labels)
 
-    def run(self, images, labels, seed, recover, finetune, scheme, schemes=SCHEMES):
+    def run(self, images, labels, seed, recovery: Recovery | None,
+            finetune: FinetuneConfig | None, scheme, schemes=SCHEMES):
         """One ``fxprune.compress`` call with the options ``schemes[scheme]``; the compress
         result and its row (top-1, seconds, MACs)."""
         tick = time.perf_counter()
-        result = fxprune.compress(self.loaded.model, images, self.loaded.input_size,
-                                  labels=labels, recover=recover, finetune=finetune, seed=seed,
-                                  progress=False, **schemes[scheme])
+        options = Options(recovery=recovery, finetune=finetune, seed=seed, **schemes[scheme])
+        result = fxprune.compress(self.loaded.model, images, self.loaded.input_size, options,
+                                  labels=labels, progress=False)
         return result, {"top1": self.accuracy(result.model),
                         "seconds": time.perf_counter() - tick,
-                        "macs": result.report["compressed"]["macs"]}
+                        "macs": result.report.models["compressed"].macs}
 
     def cell(self, size: int, seed: int, rows: dict) -> None:
         """Every method for one tiny set. One compress call gives both PRACTISE rows: the
@@ -73,16 +77,16 @@ class Bench:
         images, labels = self.tensor(chosen), chosen.labels
         if "baseline" not in rows:
             torch.manual_seed(seed)
-            _, rows["baseline"] = self.run(images, labels, seed, "none", "ce-mse", "filters 50%")
+            _, rows["baseline"] = self.run(images, labels, seed, None, CE_MSE, "filters 50%")
         for prefix, scheme in (("", "filters 50%"), ("13 blocks: ", "13 blocks")):
             if f"{prefix}practise+ce-mse" in rows:
                 continue
             torch.manual_seed(seed)
-            result, rows[f"{prefix}practise+ce-mse"] = self.run(images, labels, seed, "practise",
-                                                                "ce-mse", scheme)
+            result, rows[f"{prefix}practise+ce-mse"] = self.run(images, labels, seed, Recovery(),
+                                                                CE_MSE, scheme)
             rows[f"{prefix}practise"] = {"top1": self.accuracy(result.recovered),
-                                         "seconds": result.report["phases"]["recover"],
-                                         "macs": result.report["compressed"]["macs"]}
+                                         "seconds": result.report.phases["recover"],
+                                         "macs": result.report.models["compressed"].macs}
 
 
 def latency(bench: Bench) -> dict:
@@ -91,7 +95,7 @@ def latency(bench: Bench) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         paths = {}
         for scheme in SCHEMES:
-            result, _ = bench.run(images, None, 0, "none", "none", scheme)
+            result, _ = bench.run(images, None, 0, None, None, scheme)
             paths[scheme] = export_onnx(result.model, bench.loaded.input_size,
                                         Path(scratch) / f"{scheme.replace(' ', '_')}.onnx")
         original = export_onnx(bench.loaded.model, bench.loaded.input_size,
@@ -156,10 +160,10 @@ def main(argv=None) -> None:
         results["original"] = bench.accuracy(bench.loaded.model)
         results["pruned"], results["macs"] = {}, {}
         for scheme in SCHEMES:
-            result, row = bench.run(images, None, 0, "none", "none", scheme)
+            result, row = bench.run(images, None, 0, None, None, scheme)
             results["pruned"][scheme] = row["top1"]
             results["macs"][scheme] = row["macs"]
-            results["macs"]["original"] = result.report["original"]["macs"]
+            results["macs"]["original"] = result.report.models["original"].macs
     for size in args.sizes:
         for seed in args.seeds:
             if args.budget and time.perf_counter() - start > 60 * args.budget:

@@ -1,16 +1,16 @@
 """Reproduce the paper's CPU latency schemes as ratios, with ONNX Runtime on this machine.
 
-Every model is what would ship: traced, blocks dropped (``DropBlocks``) or filters pruned
-(``PruneFilters`` + ``folding``: the "-50%" rows prune half the filters of every prunable
-feature map, L1 norm), BN folded (``FoldBatchNorm``), exported to ONNX; the original is
-BN-folded too. Within a family all
+Every model is what would ship: a compression plan's rewriting with no adapter, blocks
+dropped (``Drop.blocks``) or filters pruned (``FilterPruning``: the "-50%" rows prune half the
+filters of every prunable feature map, L1 norm), then folded (``folding``: BN into its conv),
+exported to ONNX; the original is BN-folded too. Within a family all
 variants are timed interleaved on the same seeded input and each is reported as its median
 latency over the original's, beside its MAC ratio and the paper's ratios (Tables 1, 10 and 13:
 one thread, batch 64, Xeon Gold 5220R). Absolute times are not comparable across machines;
 ratios are.
 
-A last group checks that recovery costs nothing at inference: ResNet-56-C with adapters at the
-``drop_sites`` (both placements), moved away from the identity and folded, must export to the
+A last group checks that recovery costs nothing at inference: ResNet-56-C with the plan's
+adapters (both placements), moved away from the identity and folded, must export to the
 same op histogram as the plain dropped network and run as fast (ratio ~1.00).
 
     .venv/bin/python tools/bench_latency.py            # full run, ~15-17 min on 2 cores
@@ -36,15 +36,14 @@ from torch import fx, nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fxprune import drop_sites, find_structure, load_model, trace  # noqa: E402
+import fxprune  # noqa: E402
+from fxprune import load_model, trace  # noqa: E402
 from fxprune.export import export_onnx, onnx_max_abs_diff, onnx_op_counts  # noqa: E402
 from fxprune.latency import bench_input, cpu_name, onnx_runner, time_interleaved  # noqa: E402
 from fxprune.macs import node_macs, total_macs  # noqa: E402
-from fxprune.pass_manager import PassManager  # noqa: E402
-from fxprune.analysis.channels import prunable_maps  # noqa: E402
-from fxprune.passes import (DropBlocks, FoldBatchNorm, InsertAdapters,  # noqa: E402
-                            PruneFilters, folding)
-from fxprune.passes.prune_filters import keep_counts  # noqa: E402
+from fxprune.options import Drop, FilterPruning, Options, Placement, Recovery  # noqa: E402
+from fxprune.passes import folding  # noqa: E402
+from fxprune.plan import CompressionPlan  # noqa: E402
 from fxprune.tracing import example_input  # noqa: E402
 from tools.harness import run_record, write_results  # noqa: E402
 from tests.helpers import randomize_adapters  # noqa: E402
@@ -118,35 +117,45 @@ def _macs(gm: fx.GraphModule, size) -> int:
     return total_macs(node_macs(gm, [example_input(size)]))
 
 
-def _shipped(model: nn.Module, size, dropped: list[str] | float, label: str, folder: Path
+def _plan(model: nn.Module, size, dropped: list[str] | float,
+          recovery: Recovery | None = None) -> CompressionPlan:
+    """Drop the blocks ``dropped``, or prune that fraction of every prunable map's filters."""
+    options = Options(drop=None, filters=FilterPruning(dropped), recovery=recovery) \
+        if isinstance(dropped, float) else Options(drop=Drop.blocks(*dropped), recovery=recovery)
+    return fxprune.plan(model, options, input_size=size, progress=False)
+
+
+def _rewritten(plan: CompressionPlan) -> fx.GraphModule:
+    return plan.passes()(copy.deepcopy(plan.teacher)).graph_module
+
+
+def _shipped(gm: fx.GraphModule, size, dropped: list[str] | float, label: str, folder: Path
              ) -> Variant:
-    gm = trace(model, size)
-    if isinstance(dropped, float):
-        gm = PassManager([PruneFilters(keep_counts(prunable_maps(gm), dropped)),
-                          folding()])(gm).graph_module
-    else:
-        gm = PassManager([DropBlocks(dropped), FoldBatchNorm()])(gm).graph_module
+    """``gm`` folded and exported."""
+    gm = folding()(gm).graph_module
     path = export_onnx(gm, size, folder / f"{label or 'original'}.onnx".replace(" ", "_"))
     return Variant(label, dropped, path, _macs(gm, size))
 
 
 def family_variants(family: Family, folder: Path) -> list[Variant]:
-    model = family.build().eval()
-    return [_shipped(model, family.input_size, dropped, label, folder)
-            for label, dropped in {"": [], **family.schemes}.items()]
+    model, size = family.build().eval(), family.input_size
+    original = _shipped(trace(model, size), size, [], "", folder)
+    return [original, *(_shipped(_rewritten(_plan(model, size, dropped)), size, dropped, label,
+                                 folder) for label, dropped in family.schemes.items())]
 
 
 def adapter_variants(family: Family, folder: Path) -> tuple[list[Variant], dict]:
     """The plain dropped network, and the same with random adapters folded (paper / cvpr
     sites); raises unless all export to the same op histogram."""
     model, size, dropped = family.build().eval(), family.input_size, family.schemes["C"]
-    plain = _shipped(model, size, dropped, "", folder)
+    plans = {placement: _plan(model, size, dropped, Recovery(placement=placement))
+             for placement in Placement}
+    plain = _shipped(_rewritten(plans[Placement.CVPR].without_adapters()), size, dropped, "",
+                     folder)
     variants, check = [plain], {"dropped": dropped, "plain_ops": onnx_op_counts(plain.onnx)}
     x = bench_input(size, batch=2, seed=1)
-    for placement in ("paper", "cvpr"):
-        gm = trace(model, size)
-        sites = drop_sites(gm, find_structure(gm), dropped, placement)
-        gm = PassManager([DropBlocks(dropped), InsertAdapters(sites)])(gm).graph_module
+    for placement, plan in plans.items():
+        gm = _rewritten(plan)
         randomize_adapters(gm, scale=0.3)
         unfolded = copy.deepcopy(gm)
         gm = folding()(gm).graph_module
@@ -157,7 +166,7 @@ def adapter_variants(family: Family, folder: Path) -> tuple[list[Variant], dict]
         with torch.no_grad():
             scale = unfolded(x).abs().max().item()
         error = onnx_max_abs_diff(unfolded, path, x) / scale
-        check[placement] = {"adapters": len(sites), "ops_identical": True,
+        check[placement] = {"adapters": len(plan.adapter_sites), "ops_identical": True,
                             "onnx_vs_unfolded_max_rel": error}
         variants.append(Variant(f"folded adapters ({placement})", dropped, path,
                                 _macs(gm, size)))

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import fxprune  # noqa: E402
 from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
+from fxprune.options import Drop, Options  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
 from tools.harness import add_run_arguments, open_results  # noqa: E402
 
@@ -56,8 +57,8 @@ class Bench:
     def row(self, pool: str, size: int, seed: int) -> dict:
         images = self.tensor(sample(self.pools[pool], n=size, seed=seed))
         tick = time.perf_counter()
-        result = fxprune.compress(self.loaded.model, images, self.loaded.input_size, drop=DROP,
-                                  seed=seed, progress=False)
+        result = fxprune.compress(self.loaded.model, images, self.loaded.input_size,
+                                  Options(drop=Drop.blocks(*DROP), seed=seed), progress=False)
         return {**self.scores(result.model), "seconds": time.perf_counter() - tick,
                 "threads": torch.get_num_threads(), "pruned": self.scores(result.pruned)}
 

@@ -19,7 +19,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import fxprune  # noqa: E402
 from fxprune.datasets import sample  # noqa: E402
 from fxprune.evaluate import percent_equal  # noqa: E402
 from fxprune.export import export_onnx  # noqa: E402
@@ -34,8 +34,7 @@ from fxprune.latency import (bench_input, interleaved_seconds, latency_ratio,  #
                              onnx_runner)
 from fxprune.evaluate import onnx_predictions  # noqa: E402
 from fxprune.quantize import quantize_onnx  # noqa: E402
-from fxprune.passes import folding  # noqa: E402
-from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
+from fxprune.options import Drop, Options  # noqa: E402
 from tools.bench_cifar import SCHEMES, Bench as CifarBench  # noqa: E402
 from tools.bench_efficientnet import Bench as ImageNetBench  # noqa: E402
 from tools.harness import add_run_arguments, open_results  # noqa: E402
@@ -70,12 +69,11 @@ def cifar_rows(seeds: list[int], scratch: Path) -> dict:
         if seed == seeds[0]:
             rows["resnet56 original"] = measure(bench.teacher, bench.teacher, bench.size, images,
                                                 lossless, labels, (1, 64), scratch)
-        student = bench.student(SCHEMES["3"], True)
-        fit = replace(RecoveryConfig().fit, seed=seed)  # as `fxprune compress --seed` does
-        recover(bench.teacher, student, images, RecoveryConfig(fit=fit), progress=False)
+        plan = fxprune.plan(bench.teacher, Options(drop=Drop.blocks(*SCHEMES["3"]), seed=seed),
+                            input_size=bench.size, progress=False)
+        recovered = fxprune.execute(plan, images, progress=False).model
         rows[f"resnet56 3 blocks seed {seed}"] = measure(
-            bench.teacher, folding()(student).graph_module, bench.size, images, lossless,
-            labels, (1, 64), scratch)
+            bench.teacher, recovered, bench.size, images, lossless, labels, (1, 64), scratch)
         print(seed, rows[f"resnet56 3 blocks seed {seed}"], flush=True)
     return rows
 

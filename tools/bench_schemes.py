@@ -20,15 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fxprune.datasets import sample  # noqa: E402
+from fxprune.options import Decouple, Recovery, Sparsity  # noqa: E402
 from tools.bench_cifar import mean_std  # noqa: E402
-from tools.bench_filters import Bench  # noqa: E402
+from tools.bench_filters import CE_MSE, Bench  # noqa: E402
 from tools.harness import add_run_arguments, open_results  # noqa: E402
 
-SCHEMES = {"dwpw": dict(drop=None, decouple="dwpw"),
-           "lowrank 0.4": dict(drop=None, decouple="lowrank:0.4"),
-           "sparsity 0.9": dict(drop=None, sparsity=0.9)}
-METHODS = {"no recovery": ("none", "none"), "baseline": ("none", "ce-mse"),
-           "practise": ("practise", "none")}
+SCHEMES = {"dwpw": dict(drop=None, decouple=Decouple.dwpw()),
+           "lowrank 0.4": dict(drop=None, decouple=Decouple.lowrank(0.4)),
+           "sparsity 0.9": dict(drop=None, sparsity=Sparsity(0.9))}
+METHODS = {"no recovery": (None, None), "baseline": (None, CE_MSE),  # (recovery, finetune)
+           "practise": (Recovery(), None)}
 RESULTS = ROOT / "tools" / "results" / "cifar_resnet56_schemes"
 
 
@@ -63,13 +64,13 @@ def main(argv=None) -> None:
         images, labels = bench.tensor(chosen), chosen.labels
         for scheme in SCHEMES:
             rows = results["cells"].setdefault(f"{scheme}/{seed}", {})
-            for method, (recover, finetune) in METHODS.items():
+            for method, (recovery, finetune) in METHODS.items():
                 if method in rows:
                     continue
                 torch.manual_seed(seed)
-                result, rows[method] = bench.run(images, labels, seed, recover, finetune, scheme,
+                result, rows[method] = bench.run(images, labels, seed, recovery, finetune, scheme,
                                                  SCHEMES)
-                results["macs"] = result.report["original"]["macs"]
+                results["macs"] = result.report.models["original"].macs
                 file.save(results)
                 print(scheme, seed, method, round(rows[method]["top1"], 2), flush=True)
 

@@ -13,6 +13,7 @@ exits with status 1 when any model fails with anything other than an ``FxpruneEr
 
 from __future__ import annotations
 
+import copy
 import sys
 import tempfile
 import time
@@ -30,13 +31,11 @@ sys.path.insert(0, str(ROOT))
 import fxprune  # noqa: E402
 from fxprune.adapters import Adapter  # noqa: E402
 from fxprune.analysis.channels import coupled_maps, prunable_maps  # noqa: E402
-from fxprune.analysis.sites import drop_sites  # noqa: E402
 from fxprune.errors import FxpruneError  # noqa: E402
 from fxprune.export import export_onnx, onnx_outputs  # noqa: E402
-from fxprune.pass_manager import PassManager  # noqa: E402
-from fxprune.passes import DropBlocks, InsertAdapters, folding  # noqa: E402
+from fxprune.options import Drop, Options, Placement, Recovery  # noqa: E402
+from fxprune.passes import folding  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
-from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.tracing import example_input, opaque_leaves, trace  # noqa: E402
 from tests.helpers import calibrate_and_randomize, randomize_adapters  # noqa: E402
 from tools.harness import open_sweep  # noqa: E402
@@ -52,7 +51,7 @@ MODELS = (  # by family; every name is a timm 1.0 architecture
     "hrnet_w18_small repvgg_a2 gernet_s mobileone_s0 ese_vovnet19b_dw selecsls42b nf_resnet26 "
     "convnext_atto vgg11_bn inception_v3 xception41 densenet121 halonet26t bat_resnext26ts "
     "fastvit_t8").split()
-QUICK = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=3, patience=3))
+QUICK = Recovery(fit=FitConfig(lr=1e-3, max_steps=3, patience=3))
 RESULTS = ROOT / "tools" / "results" / "timm_sweep"
 FP64_LIMIT, FP32_LIMIT, ONNX_LIMIT = 1e-9, 1e-4, 1e-4
 
@@ -90,15 +89,17 @@ def relative(expected: torch.Tensor, actual: torch.Tensor) -> float:
     return ((expected - actual).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
-def _fold(model: nn.Module, ids: list[str], dtype: torch.dtype, placement: str):
+def _fold(model: nn.Module, ids: list[str], dtype: torch.dtype, placement: Placement):
     """Drop ``ids``, place adapters, randomize them and the BN statistics, fold: the output
     with identity adapters, before and after folding, the sites and the folded graph."""
     # drawn in float64 for both dtypes: the float32 run must see the same input
     x = example_input(SIZE, batch=2, dtype=torch.float64, seed=1).to(dtype)
     gm = trace(model.to(dtype), SIZE)
     calibrate_and_randomize(gm, x)
-    sites = drop_sites(gm, fxprune.find_structure(gm), ids, placement)
-    gm = PassManager([DropBlocks(ids), InsertAdapters(sites)])(gm).graph_module
+    plan = fxprune.plan(gm, Options(drop=Drop.blocks(*ids), recovery=Recovery(
+        placement=placement)), input_size=SIZE, progress=False)
+    sites = plan.adapter_sites
+    gm = plan.passes()(copy.deepcopy(plan.teacher)).graph_module
     with torch.no_grad():
         identity = gm(x)
         randomize_adapters(gm, scale=0.3)
@@ -119,7 +120,7 @@ def fold_errors(model: nn.Module, ids: list[str]) -> dict:
            "effect": 0.0}
     reference = {}
     for dtype in (torch.float64, torch.float32):
-        for placement in ("paper", "cvpr"):
+        for placement in Placement:
             identity, unfolded, folded, sites, gm = _fold(model, ids, dtype, placement)
             if dtype == torch.float64:
                 reference[placement] = unfolded
@@ -142,10 +143,10 @@ def fold_errors(model: nn.Module, ids: list[str]) -> dict:
 
 def short_compress(model: nn.Module) -> dict:
     images = example_input(SIZE, batch=4, seed=0)
-    result = fxprune.compress(model, images, SIZE, drop="rule", recovery=QUICK, progress=False)
-    report = result.report
-    return {"macs": report["compressed"]["macs"] / report["original"]["macs"],
-            "drop": report["drop"], "adapters": report["adapters"]}
+    options = Options(drop=Drop.rule(), recovery=QUICK)
+    report = fxprune.compress(model, images, SIZE, options, progress=False).report
+    return {"macs": report.models["compressed"].macs / report.models["original"].macs,
+            "drop": report.drop, "adapters": report.adapters}
 
 
 def export_check(model: nn.Module) -> dict:

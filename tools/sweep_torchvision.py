@@ -25,8 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 import fxprune  # noqa: E402
 from fxprune.errors import FxpruneError  # noqa: E402
+from fxprune.options import (Decouple, Drop, FilterPruning, Options, Recovery,  # noqa: E402
+                             Schedule, Sparsity, StreamPruning)
 from fxprune.recovery.fit import FitConfig  # noqa: E402
-from fxprune.recovery.practise import RecoveryConfig  # noqa: E402
 from fxprune.tracing import example_input  # noqa: E402
 from tools.harness import open_sweep  # noqa: E402
 
@@ -34,41 +35,41 @@ MODELS = ("alexnet", "squeezenet1_0", "densenet121", "shufflenet_v2_x0_5", "mnas
           "googlenet", "inception_v3", "regnet_y_400mf", "convnext_tiny", "efficientnet_v2_s",
           "mobilenet_v3_small")
 QUICK = FitConfig(lr=1e-3, max_steps=2, patience=2)
+STAGEWISE = Recovery(fit=QUICK)
+LAYERWISE = Recovery(schedule=Schedule.LAYERWISE, fit=QUICK)
 SCHEMES = {  # name -> compress() options; the channel schemes train layer-wise
-    "drop rule": dict(drop="rule"),
-    "prune filters 0.5": dict(prune_filters=0.5, schedule="layerwise"),
-    "prune streams 0.25": dict(prune_streams=0.25, schedule="layerwise"),
-    "dwpw": dict(decouple="dwpw"),
-    "dwpw, layer-wise": dict(decouple="dwpw", schedule="layerwise"),
-    "sparsity 0.5": dict(sparsity=0.5),
+    "drop rule": Options(drop=Drop.rule(), recovery=STAGEWISE),
+    "prune filters 0.5": Options(drop=None, filters=FilterPruning(0.5), recovery=LAYERWISE),
+    "prune streams 0.25": Options(drop=None, streams=StreamPruning(0.25), recovery=LAYERWISE),
+    "dwpw": Options(drop=None, decouple=Decouple.dwpw(), recovery=STAGEWISE),
+    "dwpw, layer-wise": Options(drop=None, decouple=Decouple.dwpw(), recovery=LAYERWISE),
+    "sparsity 0.5": Options(drop=None, sparsity=Sparsity(0.5), recovery=STAGEWISE),
 }
 RESULTS = ROOT / "tools" / "results" / "torchvision_sweep"
 
 
-def run(name: str, scheme: dict) -> dict:
+def run(name: str, scheme: Options) -> dict:
     """One model and scheme: the MAC ratio and blocks dropped, or the error's message."""
     size = (3, 96, 96) if name == "inception_v3" else (3, 64, 64)
     options = {"aux_logits": False, "init_weights": False} \
         if name in ("googlenet", "inception_v3") else {}
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, **options).eval()
-    scheme = dict(scheme)
-    recovery = RecoveryConfig(schedule=scheme.pop("schedule", "stagewise"), fit=QUICK)
-    scheme.setdefault("drop", None)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = fxprune.compress(model, example_input(size, batch=4, seed=0), size,
-                                      recovery=recovery, progress=False, **scheme)
+                                      scheme, progress=False)
     except FxpruneError as error:
         return {"outcome": "refused", "message": " ".join(str(error).split())}
     except Exception as error:  # noqa: BLE001 - the sweep exists to find these
         traceback.print_exc()
         return {"outcome": "crash", "message": f"{type(error).__name__}: {error}"}
     report = result.report
-    return {"outcome": "ok", "macs": report["compressed"]["macs"] / report["original"]["macs"],
-            "drop": report["drop"], "adapters": report["adapters"],
-            "weights_zero": (report["sparsity"] or {}).get("weights_zero"),
+    return {"outcome": "ok",
+            "macs": report.models["compressed"].macs / report.models["original"].macs,
+            "drop": report.drop, "adapters": report.adapters,
+            "weights_zero": (report.scheme.sparsity or {}).get("weights_zero"),
             "warnings": [" ".join(str(w.message).split()) for w in caught]}
 
 
