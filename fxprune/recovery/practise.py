@@ -57,6 +57,7 @@ from fxprune.errors import PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes,
                            to_digraph)
 from fxprune.recovery.fit import FitConfig, channels_last, fit, set_batchnorm_training
+from fxprune.recovery.frozen import training_segment
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.segments import run_batched, segment
 
@@ -121,8 +122,13 @@ def _train(student, teacher_features, inputs, adapters, targets, config, progres
     start = time.perf_counter()
     module = segment(student, inputs[0], targets)
     before = _losses(module, inputs[1], teacher_features, config.eval_batch_size)
+    trained, starts = module, inputs[1]
+    if config.bn == "eval":  # batch statistics would make the prefix depend on the minibatch
+        trained, starts = training_segment(student, inputs[0], inputs[1], targets,
+                                           {node.name for node in adapters},
+                                           config.eval_batch_size)
     set_batchnorm_training(student, config.bn == "train")
-    history = fit(module, _parameters(student, adapters), inputs[1], teacher_features,
+    history = fit(trained, _parameters(student, adapters), starts, teacher_features,
                   config.fit, description=f"adapters -> {','.join(targets)}", progress=progress)
     student.eval()
     after = _losses(module, inputs[1], teacher_features, config.eval_batch_size)
