@@ -6,7 +6,6 @@ and teacher features, so one step costs one forward and backward pass of the seg
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,14 +29,9 @@ class FitConfig:
     max_steps: int | None = None
     patience: int = 10
     seed: int = 0
-    # "cosine": the learning rate falls from ``lr`` to 0 along a half cosine over
-    # ``max_steps``, so a short fit can start with large steps and still settle at the end
-    decay: str = "constant"  # "constant" | "cosine"
 
     def __post_init__(self):
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1 \
-                or self.decay not in ("constant", "cosine") \
-                or (self.decay == "cosine" and self.max_steps is None):
+        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
             raise ValueError(f"invalid fit configuration {self}")
 
 
@@ -109,8 +103,6 @@ def _snapshot(parameters, buffers) -> list[torch.Tensor]:
 def _run(module, parameters, inputs, targets, config, description, progress) -> list[float]:
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (
-        1 + math.cos(math.pi * step / config.max_steps)) if config.decay == "cosine" else 1.0)
     buffers = list(module.buffers())
     count = len(inputs[0])
     steps_left = config.max_steps if config.max_steps is not None else float("inf")
@@ -132,7 +124,6 @@ def _run(module, parameters, inputs, targets, config, description, progress) -> 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
             steps_left -= 1
             total, seen = total + loss.item() * len(index), seen + len(index)
         history.append(total / seen)
