@@ -74,7 +74,10 @@ CLOSED_FORM_FALLBACK = FitConfig(lr=1e-3, max_steps=300, patience=20)
 @dataclass(frozen=True)
 class RecoveryConfig:
     schedule: str = "stagewise"
-    fit: FitConfig | None = field(default_factory=lambda: FitConfig(lr=1e-3, max_steps=300,
+    # twice the rate for half the steps of lr 1e-3 x 300: Adam covers the same distance from
+    # the identity in half the time (ResNet-56 rule, 50 images, 5 seeds: top-1 91.98 ± 0.39,
+    # 91.90 ± 0.40 before)
+    fit: FitConfig | None = field(default_factory=lambda: FitConfig(lr=2e-3, max_steps=150,
                                                                     patience=20))
     bn: str = "eval"  # "eval" | "train"
     init: str = "identity"  # "identity" | "lstsq"
