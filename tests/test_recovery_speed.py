@@ -85,11 +85,13 @@ def test_training_segment_leaves_the_network_alone(student):
         sum(1 for node in student.graph.nodes if "bn" in node.name)
 
 
-def test_recovery_trains_as_on_the_whole_segment(student, monkeypatch):
+@pytest.mark.parametrize("schedule", ["stagewise", "joint"])
+def test_recovery_trains_as_on_the_whole_segment(student, monkeypatch, schedule):
     """Skipping the prefix and fusing BN change only float rounding: 20 Adam steps end at the
     same adapters as on the plain segment."""
     images = example_input(SIZE, batch=12, seed=4)
-    config = RecoveryConfig(fit=FitConfig(lr=3e-3, max_steps=20, patience=20, batch_size=4))
+    config = RecoveryConfig(schedule, FitConfig(lr=3e-3, max_steps=20, patience=20,
+                                                batch_size=4))
     teacher = trace(student, SIZE)
     fast = copy.deepcopy(student)
     recover(teacher, fast, images, config, progress=False)

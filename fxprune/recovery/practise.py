@@ -233,17 +233,8 @@ def _joint(teacher, student, images, config, progress) -> list[StepReport]:
     adapters = recovery_nodes(student)
     if not adapters:
         return []
-    start = time.perf_counter()
-    source = _input_name(student)
-    module = segment(student, [source], outputs)
-    before = _losses(module, [images], targets, config.eval_batch_size)
-    set_batchnorm_training(student, config.bn == "train")
-    history = fit(module, _parameters(student, adapters), [images], targets, config.fit,
-                  description="adapters -> stage outputs", progress=progress)
-    student.eval()
-    after = _losses(module, [images], targets, config.eval_batch_size)
-    return [StepReport(",".join(outputs), [node.name for node in adapters], before, after,
-                       len(history), time.perf_counter() - start)]
+    return [_train(student, targets, ([_input_name(student)], [images]), adapters, outputs,
+                   config, progress)]
 
 
 def _check_schedule(teacher, student, schedule: str) -> None:
