@@ -19,7 +19,7 @@ from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.frozen import training_segment
 from fxprune.recovery import practise
 from fxprune.recovery.practise import RecoveryConfig, recover
-from fxprune.recovery.segments import segment
+from fxprune.segments import segment
 from fxprune.tracing import example_input, trace
 from tests.helpers import calibrate_and_randomize
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fxprune.data import data_dir  # noqa: E402
-from tools.results_file import add_run_arguments, open_results, run_record  # noqa: E402
+from tools.harness import add_run_arguments, open_results  # noqa: E402
 
 RESULTS = ROOT / "tools" / "results" / "speed"
 COMPRESS = ["compress", "cifar:resnet56", "--data", "cifar10"]
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", metavar="COMMIT", help="also time this commit, alternately")
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
-    file, results = open_results(args, summarize)
-    results.update(run_record("tools/bench_speed.py", argv), before=args.before)
+    file, results = open_results(args, summarize, "tools/bench_speed.py", argv)
+    results["before"] = args.before
     with tempfile.TemporaryDirectory(prefix="fxprune-before-") as folder:
         sources = {"after": ROOT}
         if args.before:

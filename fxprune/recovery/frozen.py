@@ -23,7 +23,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from fxprune.graph import shape_of
-from fxprune.recovery.segments import run_batched, segment
+from fxprune.segments import run_batched, segment
 
 
 def variable_nodes(gm: fx.GraphModule, trained: set[str]) -> set[str]:
