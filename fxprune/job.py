@@ -77,7 +77,9 @@ def run(plan: CompressionPlan, images: torch.Tensor, labels: torch.Tensor | None
         _time(result, shipped, settings)
         result.save(out / MODEL_FILE)
     if evaluation is not None:
-        report.setbacks = setbacks(report.as_json())
+        # the report names its evaluation pool only once a named job adds its source
+        report.setbacks = setbacks({**report.as_json(),
+                                    "evaluation": {"images": len(evaluation.images)}})
         for warning in report.setbacks:
             warnings.warn(warning, FxpruneWarning, stacklevel=2)
     return result

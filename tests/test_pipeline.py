@@ -150,3 +150,21 @@ def test_the_plan_declares_its_pass_order():
     with pytest.raises(ValueError, match="pass order: PruneCoupledMaps must run before "
                                          "InsertAdapters"):
         swapped.passes()
+
+
+def test_run_scores_every_model_and_reports_setbacks(model, images):
+    """``fxprune.run`` with evaluation images: every model scored against the labels and the
+    original's predictions."""
+    planned = fxprune.plan(model, Options(drop=Drop.blocks("1.2"), recovery=QUICK),
+                           input_size=SIZE)
+    labels = torch.arange(16) % 10
+    result = fxprune.run(planned, images, evaluation=fxprune.Evaluation(images, labels),
+                         settings=fxprune.RunSettings(progress=False))
+    rows = result.report.models
+    assert rows["original"].agreement == 100.0
+    with torch.no_grad():
+        expected = (result.model(images).argmax(1) == labels).float().mean().item() * 100
+    assert rows["compressed"].top1 == pytest.approx(expected, abs=1e-9)
+    assert all(row.evaluated for row in rows.values())
+    json_rows = result.report.as_json()
+    assert set(json_rows["compressed"]) == {"macs", "params", "top1", "agreement"}
