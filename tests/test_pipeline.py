@@ -152,7 +152,7 @@ def test_the_plan_declares_its_pass_order():
         swapped.passes()
 
 
-def test_run_scores_every_model_and_reports_setbacks(model, images):
+def test_run_scores_every_model(model, images):
     """``fxprune.run`` with evaluation images: every model scored against the labels and the
     original's predictions."""
     planned = fxprune.plan(model, Options(drop=Drop.blocks("1.2"), recovery=QUICK),
