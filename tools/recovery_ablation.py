@@ -133,6 +133,15 @@ def summarize(results: dict) -> str:
              "`.venv/bin/python tools/recovery_ablation.py` — top-1 % (agreement % with the "
              "original) on images never used for recovery, mean ± std over seeds (n); "
              "seconds: BN re-estimation + recovery, this shared 2-core CPU.", "",
+             "BN statistics: `keep` = the original running statistics (the default until "
+             "now); `tiny` = re-estimated on the tiny set (BN in train mode, cumulative "
+             "average over batches of 100); `paired` = each BN's statistics set so that its "
+             "output on the tiny set has the teacher's per-channel mean and variance (eval "
+             "mode, BN by BN in one forward pass); `paired-batch` = an earlier version of "
+             "`paired` (commit 48cddc6): means shifted by student minus teacher tiny-set means "
+             "and variances scaled by their ratio, both measured in train mode. `bn-only`: no "
+             "adapter training; `recover`: then the default stage-wise PRACTISE (lr 1e-3, "
+             "patience 20, `steps` Adam steps per stage).", "",
              *(f"Original {model}: " + ", ".join(f"{name} {value:.2f}" for name, value in
                                                  row.items() if "agreement" not in name) + "."
                for model, row in results.get("original", {}).items()), "",
