@@ -38,7 +38,8 @@ output was, ``stand_in`` names the student node that carries that value now.
 
 BN layers are kept in eval mode (running statistics fixed) unless ``bn="train"``, the paper's
 choice, where they normalise with batch statistics and update their running statistics while
-the adapters train.
+the adapters train. Before any training, ``bn_stats`` may re-estimate the running statistics
+of the damaged student on the tiny set (``fxprune.recovery.bn_stats``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from fxprune.errors import PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes,
                            to_digraph)
 from fxprune.meta import adapter_site, kept_channels, prune_group, stand_in
+from fxprune.recovery.bn_stats import BN_STATS, reestimate_batchnorm
 from fxprune.recovery.fit import FitConfig, channels_last, fit, set_batchnorm_training
 from fxprune.recovery.frozen import training_segment
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
@@ -80,6 +82,7 @@ class RecoveryConfig:
     fit: FitConfig | None = field(default_factory=lambda: FitConfig(lr=2e-3, max_steps=150,
                                                                     patience=20))
     bn: str = "eval"  # "eval" | "train"
+    bn_stats: str = "keep"  # "keep" | "tiny" | "paired": BN statistics before training
     init: str = "identity"  # "identity" | "lstsq"
     eval_batch_size: int = 256
 
@@ -92,6 +95,8 @@ class RecoveryConfig:
             raise ValueError("fit=None trains nothing; it needs init='lstsq'")
         if self.bn not in ("eval", "train"):
             raise ValueError(f"bn must be 'eval' or 'train', not '{self.bn}'")
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}, not '{self.bn_stats}'")
 
 
 @dataclass
@@ -157,6 +162,7 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
     student.eval()
     if config.fit is not None:
         _check_schedule(teacher, student, config.schedule)
+    reestimate_batchnorm(teacher, student, images, config.bn_stats)
     with channels_last(teacher, student):
         images = images.contiguous(memory_format=torch.channels_last)
         reports, solved = _solve_layerwise(teacher, student, images, config, progress) \
