@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fxprune.data import data_dir  # noqa: E402
-from tools.harness import add_run_arguments, open_results  # noqa: E402
+from tools.harness import RUN_KEY, add_run_arguments, open_results  # noqa: E402
 
 RESULTS = ROOT / "tools" / "results" / "speed"
 COMPRESS = ["compress", "cifar:resnet56", "--data", "cifar10"]
@@ -54,7 +55,11 @@ def run_once(source: Path, arguments: list[str], seed: int, threads: int | None)
         environment = {**os.environ, "PYTHONPATH": str(source), "FXPRUNE_CACHE": folder,
                        "FXPRUNE_DATA": str(data_dir() or "")}
         start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, cwd=source, env=environment)
+        finished = subprocess.run(command, capture_output=True, text=True, cwd=source,
+                                  env=environment)
+        if finished.returncode:
+            raise RuntimeError(f"fxprune {' '.join(arguments)} failed in {source}:\n"
+                               + finished.stderr[-2000:])
         wall = time.perf_counter() - start
         report = json.loads((out / "report.json").read_text())
     return {"seed": seed, "wall": round(wall, 1), "seconds": round(report["seconds"], 1),
@@ -62,10 +67,12 @@ def run_once(source: Path, arguments: list[str], seed: int, threads: int | None)
 
 
 def unpacked(commit: str, folder: Path) -> Path:
-    """``commit``'s tree (``git archive``) unpacked under ``folder``."""
+    """``commit``'s tree (``git archive``) unpacked under ``folder``, importable from there:
+    its top-level ``passes/`` copied to ``fxprune/passes`` as setup.cfg maps it."""
     archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    shutil.copytree(folder / "passes", folder / "fxprune" / "passes")
     return folder
 
 
@@ -89,12 +96,18 @@ def summarize(results: dict) -> str:
     for row, cell in results["cells"].items():
         _, target, accuracy = ROWS[row]
         for code, runs in cell.items():
+            if code == RUN_KEY:
+                continue
             lines.append(f"| {row} | {code} | {len(runs)} | {_mean(runs, 'seconds')} | "
                          f"{_mean(runs, 'wall')} | {_mean(runs, 'top1')} | ≤ {target} | "
                          f"{'≥ ' + str(accuracy) if accuracy else '-'} |")
         if "before" not in cell and PUBLISHED[row]:
             lines.append(f"| {row} | before (published) | 1 | {PUBLISHED[row]} | - | - | "
                          f"≤ {target} | - |")
+    commands = sorted({cell[RUN_KEY]["command"] for cell in results["cells"].values()
+                       if RUN_KEY in cell})
+    lines += ["", "Commands (each cell's run record in speed.json: commit, versions, threads, "
+              "machine):", "", *[f"- `{command}`" for command in commands]]
     return "\n".join(lines)
 
 
@@ -106,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
     file, results = open_results(args, summarize, "tools/bench_speed.py", argv)
-    results["before"] = args.before
+    results["before"] = args.before or results.get("before")
     with tempfile.TemporaryDirectory(prefix="fxprune-before-") as folder:
         sources = {"after": ROOT}
         if args.before:
