@@ -11,7 +11,6 @@ from fxprune.errors import FxpruneError
 from fxprune.models import cifar_resnet
 from fxprune.execute import resolve_device
 from fxprune.recovery.fit import FitConfig
-from fxprune.recovery.practise import RecoveryConfig
 from fxprune.tracing import example_input
 
 SIZE = (3, 16, 16)

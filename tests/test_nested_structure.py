@@ -15,7 +15,6 @@ from fxprune.analysis.trunk import trunk
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters, folding
 from fxprune.recovery.fit import FitConfig
-from fxprune.recovery.practise import RecoveryConfig
 from fxprune.tracing import example_input, trace
 from tests.helpers import (FP64_ATOL, calibrate_and_randomize, count_modules, max_abs_diff,
                            randomize_adapters)
