@@ -122,7 +122,7 @@ def execute(plan: CompressionPlan, images: torch.Tensor, labels: torch.Tensor | 
     the CPU and the plan's teacher is left as it was."""
     start = time.perf_counter()
     device = resolve_device(device)
-    student = plan.passes(images)(copy.deepcopy(plan.teacher)).graph_module
+    student = plan.rewrite(images)
     pruned = _folded(plan.without_adapters(), images)
     masks = _zeros_to_keep(plan, student) if plan.recovery is None else {}
     adapters = len(adapter_nodes(student)) + len(masked_nodes(student)) \
@@ -161,8 +161,7 @@ def _zeros_to_keep(plan: CompressionPlan, student: fx.GraphModule) -> dict[str, 
 
 
 def _folded(plan: CompressionPlan, images: torch.Tensor) -> fx.GraphModule:
-    gm = plan.passes(images)(copy.deepcopy(plan.teacher)).graph_module
-    return folding()(gm).graph_module.eval()
+    return folding()(plan.rewrite(images)).graph_module.eval()
 
 
 def _scheme(plan: CompressionPlan, model: fx.GraphModule) -> Scheme:

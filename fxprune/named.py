@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from fxprune.datasets import ImagePool, open_pool, split_pool, to_tensor
 from fxprune.errors import FxpruneError
 from fxprune.execute import resolve_device
@@ -43,7 +45,7 @@ class _Loaded:
     size: tuple[int, int, int]
     chosen: ImagePool
     evaluation: ImagePool
-    images: object  # the tiny set as a normalised tensor
+    images: torch.Tensor  # the tiny set, normalised
 
 
 def _load(job: NamedJob) -> _Loaded:

@@ -117,6 +117,10 @@ class CompressionPlan:
         """The plan's rewriting as a pass manager that checks the declared order."""
         return PassManager([s.build(images) for s in self.steps], constraints=PASS_ORDER)
 
+    def rewrite(self, images: torch.Tensor | None = None) -> fx.GraphModule:
+        """A copy of the teacher with the plan's passes applied (adapters untrained)."""
+        return self.passes(images)(copy.deepcopy(self.teacher)).graph_module
+
     def as_json(self) -> dict[str, Any]:
         recovery = self.recovery
         return {"input_size": list(self.input_size), "steps": [str(s) for s in self.steps],

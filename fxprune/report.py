@@ -111,6 +111,6 @@ class Report:
         optional = {"onnx_max_abs_diff": self.onnx_max_abs_diff, "latency": self.latency,
                     "torch_threads": self.torch_threads, "seconds_total": self.seconds_total}
         report.update({key: value for key, value in optional.items() if value is not None})
-        if self.source is not None:
+        if self.models["compressed"].evaluated:
             report["setbacks"] = self.setbacks
         return report

@@ -126,7 +126,7 @@ def _plan(model: nn.Module, size, dropped: list[str] | float,
 
 
 def _rewritten(plan: CompressionPlan) -> fx.GraphModule:
-    return plan.passes()(copy.deepcopy(plan.teacher)).graph_module
+    return plan.rewrite()
 
 
 def _shipped(gm: fx.GraphModule, size, dropped: list[str] | float, label: str, folder: Path

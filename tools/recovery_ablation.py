@@ -20,7 +20,6 @@ CIFAR-10 ResNet-56, rule drop (1.2, 2.2, 3.2), N lossless training images (N/10 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -89,7 +88,7 @@ class Bench:
         options = fxprune.Options(drop=fxprune.Drop.rule(), recovery=fxprune.Recovery())
         plan = fxprune.plan(self.teacher, options, input_size=self.size, images=tiny,
                             progress=False)
-        return plan.passes(tiny)(copy.deepcopy(plan.teacher)).graph_module.eval()
+        return plan.rewrite(tiny).eval()
 
     def scores(self, model) -> dict:
         """Top-1 (and agreement with the original) per evaluation set."""

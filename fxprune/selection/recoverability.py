@@ -67,7 +67,7 @@ class Recoverability:
             warnings.simplefilter("ignore", FxpruneWarning)
             planned = plan(self.teacher, options, input_size=tuple(self.images.shape[1:]),
                            progress=False)
-        return planned.passes()(copy.deepcopy(self.teacher)).graph_module
+        return planned.rewrite()
 
     def __call__(self, block_ids: Iterable[str]) -> float:
         key = frozenset(block_ids)
