@@ -92,6 +92,8 @@ class CompressionPlan:
     selection: Selection | None = field(default=None, repr=False)
     teacher: fx.GraphModule | None = field(default=None, repr=False, compare=False)
     seconds: float = field(default=0.0, repr=False, compare=False)
+    # the planner's own rewriting of the teacher, kept when it read no image
+    rewritten: fx.GraphModule | None = field(default=None, repr=False, compare=False)
 
     def arguments(self, pass_type: Callable) -> dict[str, Any]:
         """The arguments of the step running ``pass_type`` ({} when the plan has none)."""
@@ -110,6 +112,7 @@ class CompressionPlan:
         """The same compression with nothing to recover: the plain pruned network."""
         return replace(self, steps=tuple(s for s in self.steps if s.pass_type
                                          is not InsertAdapters), adapter_sites=(),
+                       rewritten=None,
                        recovery=None, placement=None,
                        options=replace(self.options, recovery=None, finetune=None))
 
@@ -119,7 +122,10 @@ class CompressionPlan:
 
     def rewrite(self, images: torch.Tensor | None = None) -> fx.GraphModule:
         """A copy of the teacher with the plan's passes applied (adapters untrained)."""
-        return self.passes(images)(copy.deepcopy(self.teacher)).graph_module
+        passes = self.passes(images)  # checks the order even when the planner's copy serves
+        if self.rewritten is not None:  # no step reads images: the planner's result is it
+            return copy.deepcopy(self.rewritten)
+        return passes(copy.deepcopy(self.teacher)).graph_module
 
     def as_json(self) -> dict[str, Any]:
         recovery = self.recovery
@@ -183,9 +189,10 @@ def plan(model: nn.Module | fx.GraphModule, options: Options = Options(), *,
     placement = recovery.sites if recovery is not None and sites else None
     scratch = _Scratch(teacher, images)
     sites += _plan_rewrites(scratch, structure, ids, sites, replace(options, recovery=recovery))
+    calibrated = any(planned.calibrated for planned in scratch.steps)
     return CompressionPlan(size, tuple(scratch.steps), tuple(ids), tuple(sites), recovery,
-                           placement, options,
-                           selection, teacher, time.perf_counter() - start)
+                           placement, options, selection, teacher, time.perf_counter() - start,
+                           None if calibrated else scratch.gm)
 
 
 def _auto(teacher, options: Options, images, size, progress) -> Selection | None:

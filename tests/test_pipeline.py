@@ -53,6 +53,19 @@ def test_a_plan_is_a_printable_value_decided_before_any_weight_moves(model, imag
         assert torch.equal(value, before[key])
 
 
+def test_rewrite_gives_a_fresh_copy_of_what_the_passes_make(model, images):
+    """The planner's own rewriting serves ``rewrite()`` when no step reads images: a new
+    copy each time, the same graph and weights as running the plan's passes afresh."""
+    planned = fxprune.plan(model, Options(drop=Drop.blocks("1.2", "2.2")), input_size=SIZE)
+    first, second = planned.rewrite(), planned.rewrite()
+    fresh = planned.passes()(fxprune.trace(model, SIZE)).graph_module
+    assert first is not second and first.code == second.code == fresh.code
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)  # a copy: changing it changes no other
+        torch.testing.assert_close(second(images), fresh(images), rtol=0, atol=0)
+    assert planned.without_adapters().rewritten is None
+
+
 def test_the_pruned_reference_is_the_plan_without_adapters(model, images):
     planned = fxprune.plan(model, Options(drop=Drop.blocks("1.2"), recovery=QUICK),
                            input_size=SIZE)

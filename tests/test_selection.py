@@ -19,6 +19,7 @@ from fxprune.render import render_report
 from fxprune.selection import (LatencyCache, Recoverability, SelectionConfig, block_shares,
                                select_blocks)
 from fxprune.selection import auto
+from fxprune.threads import torch_threads
 from fxprune.tracing import example_input
 from tests.helpers import SMALL_SIZE
 
@@ -82,6 +83,21 @@ def test_recoverability(small_resnet, images):
     after = scorer(["1.2"])
     assert 0 < after < before  # the brief recovery helps
     assert scorer(["1.2"]) == after and scorer.evaluations == 2  # memoised
+
+
+def test_scores_do_not_depend_on_workers_or_on_what_was_scored_before(small_resnet, images):
+    """A set scored in a batch by two workers, or after a set sharing its first stage (whose
+    trained adapters it then reuses), scores exactly what it scores alone, one worker."""
+    sets = [["1.2", "2.2"], ["1.2", "3.2"], ["2.2"]]
+    with torch_threads(1):
+        alone = [Recoverability(small_resnet, images, QUICK)(ids) for ids in sets]
+    scorer = Recoverability(small_resnet, images, QUICK)
+    with torch_threads(2):
+        assert scorer(["1.2"]) > 0
+        reused = scorer._prepared(frozenset(sets[0]))[2]
+        assert len(reused) == 2  # after block 1.1 and before block 1.3 (cvpr sites)
+        assert scorer.scores(sets) == alone
+    assert scorer.evaluations == 4
 
 
 @pytest.mark.slow
@@ -171,6 +187,9 @@ class PairScorer:
         alone = {"1.2": 0.01, "1.3": 0.011, "1.1": 0.04}
         return sum(alone.get(block, 0.05) for block in ids) + (
             1.0 if {"1.2", "1.3"} <= ids else 0.0)
+
+    def scores(self, block_sets, done=lambda: None):
+        return [self(ids) for ids in block_sets]
 
     @property
     def evaluations(self):

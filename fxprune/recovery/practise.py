@@ -45,6 +45,7 @@ of the damaged student on the tiny set (``fxprune.recovery.bn_stats``).
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 import networkx as nx
@@ -151,9 +152,11 @@ def _losses(module, inputs, targets, batch_size) -> float:
 
 
 def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tensor,
-            config: RecoveryConfig = RecoveryConfig(), progress: bool = True
-            ) -> list[StepReport]:
-    """Train ``student``'s adapters in place on ``images`` (a normalised NCHW batch).
+            config: RecoveryConfig = RecoveryConfig(), progress: bool = True,
+            trained: Collection[str] = ()) -> list[StepReport]:
+    """Train ``student``'s adapters in place on ``images`` (a normalised NCHW batch);
+    ``trained`` names nodes already trained, left as they are (a stage whose adapters are all
+    trained is only run forward).
 
     Raises ``PreconditionError`` before training anything when the schedule cannot train every
     adapter (layer-wise: an adapter not placed before a conv; stage-wise and joint: an adapter
@@ -163,16 +166,19 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
     if config.fit is not None:
         _check_schedule(teacher, student, config.schedule)
     reestimate_batchnorm(teacher, student, images, config.bn_stats)
+    untrained = {node.name for node in recovery_nodes(student)} - set(trained)
     with channels_last(teacher, student):
         images = images.contiguous(memory_format=torch.channels_last)
-        reports, solved = _solve_layerwise(teacher, student, images, config, progress) \
+        reports, solved = _solve_layerwise(teacher, student, images, config, progress,
+                                           untrained) \
             if config.init == "lstsq" else ([], set())
         if config.fit is None:  # what the closed form does not cover still trains, layer-wise
-            uncovered = {node.name for node in recovery_nodes(student)} - solved
             fallback = replace(config, fit=CLOSED_FORM_FALLBACK)
-            return reports + _layerwise(teacher, student, images, fallback, progress, uncovered)
+            return reports + _layerwise(teacher, student, images, fallback, progress,
+                                        untrained - solved)
         schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
-        return reports + schedule[config.schedule](teacher, student, images, config, progress)
+        return reports + schedule[config.schedule](teacher, student, images, config, progress,
+                                                   untrained)
 
 
 def _closed_form(node: fx.Node, modules) -> bool:
@@ -188,15 +194,16 @@ def _closed_form(node: fx.Node, modules) -> bool:
         conv.in_channels * (adapter.in_channels + (adapter.bias is not None)) <= MAX_GRAM_SIDE
 
 
-def _solve_layerwise(teacher, student, images, config, progress
+def _solve_layerwise(teacher, student, images, config, progress, only: set[str]
                      ) -> tuple[list[StepReport], set[str]]:
-    """Every adapter the closed form covers at its layer-wise optimum, in topological order
-    (each one sees the student's features with the earlier adapters already solved); the
-    reports and the names of the adapters solved."""
+    """Every adapter in ``only`` the closed form covers at its layer-wise optimum, in
+    topological order (each one sees the student's features with the earlier adapters
+    already solved); the reports and the names of the adapters solved."""
     modules = named_modules(student)
     nodes = {node.name: node for node in student.graph.nodes}
     reports: list[StepReport] = []
-    solvable = [node for node in adapter_nodes(student) if _closed_form(node, modules)]
+    solvable = [node for node in adapter_nodes(student)
+                if node.name in only and _closed_form(node, modules)]
     for adapter in tqdm(solvable, desc="solve adapters", leave=False,
                         disable=not progress or None):
         start = time.perf_counter()
@@ -234,9 +241,9 @@ def _stage_targets(teacher, student, images, config):
         memory_format=torch.channels_last) for target, channels in zip(targets, kept)]
 
 
-def _joint(teacher, student, images, config, progress) -> list[StepReport]:
+def _joint(teacher, student, images, config, progress, only: set[str]) -> list[StepReport]:
     outputs, targets = _stage_targets(teacher, student, images, config)
-    adapters = recovery_nodes(student)
+    adapters = [node for node in recovery_nodes(student) if node.name in only]
     if not adapters:
         return []
     return [_train(student, targets, ([_input_name(student)], [images]), adapters, outputs,
@@ -265,10 +272,11 @@ def _check_schedule(teacher, student, schedule: str) -> None:
                                 f"{', '.join(outside)}")
 
 
-def _stagewise(teacher, student, images, config, progress) -> list[StepReport]:
+def _stagewise(teacher, student, images, config, progress, only: set[str]
+               ) -> list[StepReport]:
     student_outputs, targets = _stage_targets(teacher, student, images, config)
     order = {node.name: index for index, node in enumerate(student.graph.nodes)}
-    adapters = recovery_nodes(student)
+    adapters = [node for node in recovery_nodes(student) if node.name in only]
     reports: list[StepReport] = []
     source, features = _input_name(student), images
     lower = -1
@@ -344,13 +352,13 @@ def _upstream_first(graph: nx.DiGraph, groups: list) -> list:
         return groups
 
 
-def _layerwise(teacher, student, images, config, progress, only: set[str] | None = None
+def _layerwise(teacher, student, images, config, progress, only: set[str]
                ) -> list[StepReport]:
-    """Layer-wise steps; with ``only``, just the steps that train one of those nodes."""
+    """The layer-wise steps that train one of the nodes ``only`` names."""
     source = _input_name(student)
     reports: list[StepReport] = []
     chosen = [group for group in _layer_groups(student)
-              if only is None or any(node.name in only for node in group[0])]
+              if any(node.name in only for node in group[0])]
     groups = tqdm(chosen, desc="recover layers", leave=False, disable=not progress or None)
     for members, starts, convs in groups:
         features = run_batched(segment(student, [source], starts), [images],

@@ -12,7 +12,9 @@ original's, at the user's batch and threads):
    one block at a time: each round re-scores the ``shortlist`` best-ranked remaining blocks
    *together with the blocks already chosen* and takes the one whose marginal
    ``(r(S + b) - r(S)) / t_b`` is lowest, so two blocks that are harmless alone but not
-   together (adjacent blocks, a stage emptied) are not both taken on their solo scores;
+   together (adjacent blocks, a stage emptied) are not both taken on their solo scores. The
+   shortlist is re-scored lazily, two at a time, until the best re-scored block ranks ahead
+   of the next one's earlier score (marginals grow as blocks go);
 4. the chosen set is checked by timing the whole pruned network against the original,
    interleaved; while it misses the budget the next-ranked block is added.
 """
@@ -43,6 +45,9 @@ from fxprune.selection.block_latency import LatencyCache, block_shares
 from fxprune.selection.recoverability import BRIEF_RECOVERY, Recoverability
 
 STRATEGIES = ("greedy", "alone")
+# greedy re-scores its shortlist this many at a time (fixed, so that the choice does not
+# depend on the machine's threads; two workers score them in parallel)
+RESCORED_TOGETHER = 2
 MAX_EXTRA_BLOCKS = 3  # blocks added when the measured latency misses the budget
 CHECK_ROUNDS, CHECK_BUDGET_S = 200, 20.0  # timing the chosen set against the original
 
@@ -122,7 +127,8 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
                   scorer: Recoverability | None = None) -> Selection:
     """The blocks of ``teacher`` (a traced network, left untouched) to drop under
     ``config.budget``; see the module docstring. A ``scorer`` built on the same teacher and
-    images can be shared between calls (its scores are memoised). Raises ``FxpruneError`` when
+    images can be shared between calls (its scores are memoised); a stand-in needs
+    ``scores(block_sets, done)``, ``__call__(block_ids)`` and ``evaluations``. Raises ``FxpruneError`` when
     even dropping every droppable block cannot meet the budget; warns when the measured
     latency still misses it after ``MAX_EXTRA_BLOCKS`` more blocks."""
     start = time.perf_counter()
@@ -142,10 +148,11 @@ def select_blocks(teacher: fx.GraphModule, images: torch.Tensor, input_size: Seq
             f"lowest reachable ratio is about {1 - sum(saved.values()):.2f}")
     scorer = scorer or Recoverability(teacher, images[:config.score_images], config.recovery,
                                       config.placement)
-    candidates = {}
-    for block in tqdm(droppable, desc="score blocks", leave=False, disable=not progress or None):
-        candidates[block.id] = Candidate(block.id, max(saved[block.id], 1e-6),
-                                         scorer([block.id]))
+    with tqdm(total=len(droppable), desc="score blocks", leave=False,
+              disable=not progress or None) as bar:
+        alone = scorer.scores([[block.id] for block in droppable], bar.update)
+    candidates = {block.id: Candidate(block.id, max(saved[block.id], 1e-6), score)
+                  for block, score in zip(droppable, alone)}
     chosen = _choose(candidates, scorer, need, config, progress)
     with tempfile.TemporaryDirectory(prefix="fxprune-select-") as scratch:
         ratio, original_ms = whole_ratio(teacher, chosen, size, config.batch, config.threads,
@@ -185,6 +192,25 @@ def _rank(candidate: Candidate) -> tuple[float, float]:
     return lost / candidate.saved, -candidate.saved
 
 
+def _rescore(shortlist: list[Candidate], chosen: list[str], current: float,
+             scorer: Recoverability) -> list[Candidate]:
+    """Re-score the shortlist's marginals with ``chosen`` dropped, ``RESCORED_TOGETHER`` at
+    a time in rank order, stopping once the best re-scored candidate ranks ahead of every
+    one not re-scored yet: a marginal only grows as more blocks go (in the noise of a brief
+    recovery), so a later one would not have won. Returns the candidates re-scored."""
+    done: list[Candidate] = []
+    while len(done) < len(shortlist):
+        wave = shortlist[len(done):len(done) + RESCORED_TOGETHER]
+        for candidate, score in zip(wave, scorer.scores(
+                [[*chosen, candidate.block] for candidate in wave])):
+            candidate.marginal = score - current
+        done += wave
+        if len(done) < len(shortlist) and \
+                _rank(min(done, key=_rank)) <= _rank(shortlist[len(done)]):
+            break
+    return done
+
+
 def _choose(candidates: dict[str, Candidate], scorer: Recoverability, need: float,
             config: SelectionConfig, progress: bool) -> list[str]:
     """Block ids in the order chosen, until their latency shares add up to ``need``."""
@@ -201,13 +227,12 @@ def _choose(candidates: dict[str, Candidate], scorer: Recoverability, need: floa
             best.reason = (f"rank {len(chosen) + 1} by recoverability alone per latency "
                            f"share saved ({best.cost:.4g})")
         else:
-            for candidate in remaining[:config.shortlist]:
-                candidate.marginal = scorer([*chosen, candidate.block]) - current
-            best = min(remaining[:config.shortlist], key=_rank)
+            shortlist = _rescore(remaining[:config.shortlist], chosen, current, scorer)
+            best = min(shortlist, key=_rank)
             best.reason = (f"lowest marginal recoverability per latency share saved with "
                            f"{{{', '.join(chosen) or 'nothing'}}} dropped "
                            f"({best.marginal:.4g} / {best.saved:.1%}) among "
-                           f"{', '.join(c.block for c in remaining[:config.shortlist])}")
+                           f"{', '.join(c.block for c in shortlist)}")
             current += best.marginal
         best.round = len(chosen) + 1
         chosen.append(best.block)
