@@ -36,6 +36,7 @@ class Placement(StrEnum):
     """Where the adapters around a dropped block go (``fxprune.analysis.sites``)."""
     PAPER = "paper"
     CVPR = "cvpr"
+    INNER = "inner"
 
 
 class Init(StrEnum):

@@ -24,6 +24,7 @@ def test_fold_is_exact(name):
     for dtype, placement, tolerance, metric in [
             (torch.float64, "paper", 1e-9, max_abs_diff),
             (torch.float64, "cvpr", 1e-9, max_abs_diff),
+            (torch.float64, "inner", 1e-9, max_abs_diff),
             (torch.float32, "cvpr", 1e-4, max_rel_diff)]:
         gm, x, ids, sites = compressed_with_adapters(model, size, dtype, placement)
         assert ids and sites, "the paper's rule drops blocks and the drop needs adapters"

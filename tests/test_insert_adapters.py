@@ -282,6 +282,9 @@ def test_refused_site_after_a_good_one_leaves_the_graph_unchanged():
                        ("layers_3_down_0", "input"), ("layers_0_conv2", "output")]),
     (["2.2"], "cvpr", [("layers_3_conv2", "output"), ("layers_3_down_0", "output")]),
     (["2.2"], "paper", []),
+    (["1.2"], "inner", [("layers_2_conv1", "input"), ("layers_3_conv1", "input"),
+                        ("layers_3_down_0", "input"), ("layers_0_conv2", "output"),
+                        ("layers_0_conv2", "input"), ("layers_2_conv2", "input")]),
 ])
 def test_drop_sites_then_insert(dropped, placement, expected):
     model, x, gm = _prepared(TinyResNet())
@@ -320,6 +323,19 @@ def test_drop_sites_skip_depthwise_convs_in_mobilenet_v2():
     DropBlocks(["3.2"])(gm)
     assert InsertAdapters(cvpr)(gm).modified
     assert count_modules(gm, Adapter) == len(cvpr)
+
+
+def test_inner_sites_sit_before_the_projection_of_inverted_residuals():
+    gm = trace(torchvision.models.mobilenet_v2().eval(), (3, 64, 64))
+    structure = find_structure(gm)
+    cvpr = drop_sites(gm, structure, ["3.2"], placement="cvpr")
+    inner = drop_sites(gm, structure, ["3.2"], placement="inner")
+    projections = {(block.convs[-1], "input") for block in structure.stages[2].blocks
+                   if block.id != "3.2"}
+    assert {(s.conv, s.side) for s in inner} == {(s.conv, s.side) for s in cvpr} | projections
+    assert ("features_4_conv_2", "input") in projections  # block 3.1's projection 1x1
+    DropBlocks(["3.2"])(gm)
+    assert InsertAdapters(inner)(gm).modified and count_modules(gm, Adapter) == len(inner)
 
 
 def test_drop_sites_reject_unknown_block_and_placement():

@@ -20,6 +20,7 @@ CIFAR-10 ResNet-56, rule drop (1.2, 2.2, 3.2), N lossless training images (N/10 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -83,9 +84,10 @@ class Bench:
             return self.pool_images[draw[:size]]
         return self.tensor(sample(self.train_pool, per_class=size // 10, seed=seed))
 
-    def student(self, tiny: torch.Tensor):
-        """The rule-dropped network with identity adapters (cvpr placement), unfolded."""
-        options = fxprune.Options(drop=fxprune.Drop.rule(), recovery=fxprune.Recovery())
+    def student(self, tiny: torch.Tensor, placement: str = "cvpr"):
+        """The rule-dropped network with identity adapters, unfolded."""
+        options = fxprune.Options(drop=fxprune.Drop.rule(),
+                                  recovery=fxprune.Recovery(placement=placement))
         plan = fxprune.plan(self.teacher, options, input_size=self.size, images=tiny,
                             progress=False)
         return plan.rewrite(tiny).eval()
@@ -100,21 +102,47 @@ class Bench:
         return row
 
 
-def run_cell(bench: Bench, kind: str, variant: str, size: int, seed: int, steps: int) -> dict:
+VARIANT_PARTS = r"(views|mix)(\d+)|(paper|cvpr|inner)"
+
+
+def parse_variant(variant: str) -> dict:
+    """``BN[+viewsN|+mixN][+PLACEMENT]`` -> BN statistics, augmented views, mixed, adapter
+    placement (default cvpr)."""
+    bn, *extras = variant.split("+")
+    matches = [re.fullmatch(VARIANT_PARTS, extra) for extra in extras]
+    if bn not in BN_STATS or None in matches:
+        raise argparse.ArgumentTypeError(
+            f"variant '{variant}': BN statistics {'|'.join(BN_STATS)}, then optionally "
+            "+viewsN or +mixN and +paper|cvpr|inner")
+    parsed = {"bn": bn, "views": 0, "mix": False, "placement": "cvpr"}
+    for match in matches:
+        if match.group(1):
+            parsed.update(views=int(match.group(2)), mix=match.group(1) == "mix")
+        else:
+            parsed["placement"] = match.group(3)
+    return parsed
+
+
+def run_cell(bench: Bench, kind: str, variant: str, size: int, seed: int, steps: int,
+             lr: float) -> dict:
     tiny = bench.tiny(size, seed)
-    student = bench.student(tiny)
+    parsed = parse_variant(variant)
+    student = bench.student(tiny, parsed["placement"])
     tick = time.perf_counter()
-    reestimate_batchnorm(bench.teacher, student, tiny, variant)
+    reestimate_batchnorm(bench.teacher, student, tiny, parsed["bn"])
     if kind == "recover":
-        fit = FitConfig(lr=1e-3, max_steps=steps, patience=20, seed=seed)
-        recover(bench.teacher, student, tiny, RecoveryConfig(fit=fit), progress=False)
+        fit = FitConfig(lr=lr, max_steps=steps, patience=20, seed=seed)
+        config = RecoveryConfig(fit=fit, views=parsed["views"], mix=parsed["mix"])
+        recover(bench.teacher, student, tiny, config, progress=False)
     seconds = time.perf_counter() - tick
     model = folding()(student).graph_module.eval()
     return {**bench.scores(model), "seconds": seconds, "threads": torch.get_num_threads()}
 
 
-def cell_key(model: str, kind: str, variant: str, size: int, seed: int, steps: int) -> str:
-    return f"{model}/{kind}/{variant}/{size}/{steps if kind == 'recover' else 0}/{seed}"
+def cell_key(model: str, kind: str, variant: str, size: int, seed: int, steps: int,
+             lr: float) -> str:
+    steps_key = f"{steps}" + ("" if lr == 1e-3 else f"@{lr:g}") if kind == "recover" else "0"
+    return f"{model}/{kind}/{variant}/{size}/{steps_key}/{seed}"
 
 
 def mean_std(values: list[float]) -> str:
@@ -127,7 +155,7 @@ def summarize(results: dict) -> str:
     groups: dict[tuple, list[dict]] = {}
     for key, cell in results["cells"].items():
         model, kind, variant, size, steps, _ = key.split("/")
-        groups.setdefault((model, kind, int(size), int(steps), variant), []).append(cell)
+        groups.setdefault((model, kind, int(size), steps, variant), []).append(cell)
     lines = ["# Recovery that generalises: ablations (issue 19)", "",
              "`.venv/bin/python tools/recovery_ablation.py` — top-1 % (agreement % with the "
              "original) on images never used for recovery, mean ± std over seeds (n); "
@@ -160,7 +188,8 @@ def summarize(results: dict) -> str:
         shown = "; ".join(f"{name} {mean_std([c[name] for c in cells])} "
                           f"({mean_std([c[name + ' agreement'] for c in cells])})"
                           for name in sets)
-        lines.append(f"| {model} | {kind} | {size} | {steps or '-'} | {variant} | "
+        lines.append(f"| {model} | {kind} | {size} | {steps if steps != '0' else '-'} | "
+                     f"{variant} | "
                      f"{len(cells)} | {shown} | "
                      f"{statistics.mean(c['seconds'] for c in cells):.0f} |")
     return "\n".join(lines) + "\n"
@@ -170,12 +199,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("effnet", "resnet56"), default="effnet")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=["bn-only"])
-    parser.add_argument("--variants", nargs="+", choices=BN_STATS, default=list(BN_STATS))
+    parser.add_argument("--variants", nargs="+", default=list(BN_STATS),
+                        help="BN statistics (keep, tiny, paired), optionally +viewsN (N "
+                             "augmented copies of the tiny set as extra pairs) or +mixN (the "
+                             "same, blended with another image)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[100])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
+    for variant in args.variants:
+        parse_variant(variant)
     file, results = open_results(args, summarize, "tools/recovery_ablation.py", argv)
     bench = Bench(args.model)
     results.setdefault("original", {})[args.model] = bench.scores(bench.teacher)
@@ -183,10 +218,11 @@ def main(argv=None) -> None:
         for seed in args.seeds:
             for kind in args.kinds:
                 for variant in args.variants:
-                    key = cell_key(args.model, kind, variant, size, seed, args.steps)
+                    key = cell_key(args.model, kind, variant, size, seed, args.steps,
+                                   args.lr)
                     if key not in results["cells"]:
                         results["cells"][key] = run_cell(bench, kind, variant, size, seed,
-                                                         args.steps)
+                                                         args.steps, args.lr)
                         file.save(results)
                         print(key, results["cells"][key], flush=True)
 

@@ -8,6 +8,12 @@ first conv (and the downsample conv) of the next stage's first remaining block.
 block of the stage and after the stage's downsample conv (between conv and BN), and always
 before the next stage's first block (its first conv and its downsample conv).
 
+``"inner"``: the cvpr sites, and inside every remaining block of the stage, before its last
+conv (a basic block's second 3x3, an inverted residual's projection 1x1): there an adapter
+sits behind the block's non-linearity, where a linear map changes what the block computes and
+not only how its input or output is mixed (an adapter after ``x.1``'s last conv and one before
+``x+1.1``'s first conv compose to a single linear map when ``x.2`` is gone).
+
 Sites on grouped (depthwise) convs, on subclasses of ``nn.Conv2d`` and on convs whose module is
 called at several nodes are skipped: an adapter cannot fold into them.
 """
@@ -23,7 +29,7 @@ from fxprune.analysis.structure import Block, Structure
 from fxprune.errors import PreconditionError
 from fxprune.graph import foldable_conv, named_modules, owns_module
 
-PLACEMENTS = ("paper", "cvpr")
+PLACEMENTS = ("paper", "cvpr", "inner")
 
 
 def _input_sites(block: Block) -> list[AdapterSite]:
@@ -60,11 +66,14 @@ def drop_sites(gm: fx.GraphModule, structure: Structure, block_ids: Iterable[str
             for other in later:
                 sites.append(AdapterSite(other.convs[0], "input"))
             following = _next_stage_first(structure, stage_index, dropped)
-            if following is not None and (placement == "cvpr" or not later):
+            if following is not None and (placement != "paper" or not later):
                 sites += _input_sites(following)
-            if placement == "cvpr":
+            if placement in ("cvpr", "inner"):
                 sites += [AdapterSite(other.convs[-1], "output") for other in earlier]
                 sites += [AdapterSite(conv, "output") for conv in stage.blocks[0].shortcut_convs]
+            if placement == "inner":
+                sites += [AdapterSite(other.convs[-1], "input") for other in earlier + later
+                          if len(other.convs) > 1]
     modules = named_modules(gm)
     nodes = {node.name: node for node in gm.graph.nodes}
     return [site for site in dict.fromkeys(sites)

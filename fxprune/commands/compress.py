@@ -14,8 +14,8 @@ from fxprune.commands.common import (add_model_arguments, add_threads_argument, 
 from fxprune.errors import FxpruneError
 from fxprune.job import RunSettings
 from fxprune.named import NamedJob, compress_named, plan_named
-from fxprune.options import (Decouple, Drop, FilterPruning, Options, Recovery, Schedule,
-                             Sparsity, StreamPruning)
+from fxprune.options import (Decouple, Drop, FilterPruning, Options, Placement, Recovery,
+                             Schedule, Sparsity, StreamPruning)
 from fxprune.recovery.finetune import OBJECTIVES, FinetuneConfig
 from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
 from fxprune.report import Report
@@ -65,9 +65,10 @@ def register(commands) -> None:
     parser.add_argument("--schedule", choices=SCHEDULES, default=RecoveryConfig().schedule,
                         help="how adapters are trained: stagewise, per stage (default); joint, "
                              "all at once; layerwise, one layer at a time as in the paper")
-    parser.add_argument("--placement", choices=("paper", "cvpr"),
+    parser.add_argument("--placement", choices=[str(p) for p in Placement],
                         help="where adapters go around a dropped block (default: paper for the "
-                             "layerwise schedule, cvpr otherwise)")
+                             "layerwise schedule, cvpr otherwise; inner: cvpr and before the "
+                             "last conv of the stage's other blocks)")
     parser.add_argument("--finetune", choices=("none", *OBJECTIVES), default="none",
                         help="then train every weight: ce-mse = labels + feature mimicking "
                              "(paper's Eq. 4), mse = feature mimicking only, mir = pre-pooling "

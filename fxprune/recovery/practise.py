@@ -62,6 +62,7 @@ from fxprune.recovery.bn_stats import BN_STATS, reestimate_batchnorm
 from fxprune.recovery.fit import FitConfig, channels_last, fit, set_batchnorm_training
 from fxprune.recovery.frozen import training_segment
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
+from fxprune.recovery.views import with_views
 from fxprune.segments import run_batched, segment
 
 SCHEDULES = ("joint", "stagewise", "layerwise")
@@ -86,6 +87,8 @@ class RecoveryConfig:
     bn_stats: str = "keep"  # "keep" | "tiny" | "paired": BN statistics before training
     init: str = "identity"  # "identity" | "lstsq"
     eval_batch_size: int = 256
+    views: int = 0  # augmented copies of the tiny set added as training pairs (views.py)
+    mix: bool = False  # views also blended with another image of the set
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -96,6 +99,8 @@ class RecoveryConfig:
             raise ValueError("fit=None trains nothing; it needs init='lstsq'")
         if self.bn not in ("eval", "train"):
             raise ValueError(f"bn must be 'eval' or 'train', not '{self.bn}'")
+        if self.views < 0:
+            raise ValueError(f"views must be at least 0, not {self.views}")
         if self.bn_stats not in BN_STATS:
             raise ValueError(f"bn_stats must be one of {BN_STATS}, not '{self.bn_stats}'")
 
@@ -166,6 +171,8 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
     if config.fit is not None:
         _check_schedule(teacher, student, config.schedule)
     reestimate_batchnorm(teacher, student, images, config.bn_stats)
+    images = with_views(images, config.views, config.mix,
+                        config.fit.seed if config.fit is not None else 0)
     untrained = {node.name for node in recovery_nodes(student)} - set(trained)
     with channels_last(teacher, student):
         images = images.contiguous(memory_format=torch.channels_last)

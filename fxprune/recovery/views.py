@@ -1,0 +1,37 @@
+"""More training pairs from the same tiny set: augmented views.
+
+The teacher labels any input for free, so every augmented view of a tiny-set image is one more
+label-free pair (the view, the teacher's features on it) for the adapters to mimic. Adapters fit
+to a few images' features learn those images' quirks; views spread the inputs the fit sees over
+the neighbourhood of each image, nearer to what unseen images look like.
+
+``views`` extra copies of the set are appended, each image cropped and flipped as in training
+(``fxprune.datasets.augment``); with ``mix``, each view is then blended with another image of
+the set, ``λ·a + (1 − λ)·b`` with ``λ ~ U(0.5, 1)`` per image, so the fit also sees inputs
+between the tiny set's images. The originals stay first, unchanged; everything is drawn from a
+generator seeded by ``seed``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fxprune.datasets import augment
+
+
+def with_views(images: torch.Tensor, views: int, mix: bool, seed: int) -> torch.Tensor:
+    """``images`` followed by ``views`` augmented copies of the set (see the module doc)."""
+    if views < 0:
+        raise ValueError(f"views must be at least 0, not {views}")
+    generator = torch.Generator().manual_seed(seed)
+    extra = []
+    for _ in range(views):
+        view = augment(images, generator)
+        if mix and len(images) > 1:
+            # a partner other than the image itself: shift by 1..n-1 places
+            shift = torch.randint(1, len(images), (len(images),), generator=generator)
+            partner = view[(torch.arange(len(images)) + shift) % len(images)]
+            weight = (0.5 + 0.5 * torch.rand(len(images), generator=generator)).to(view)
+            view = weight.view(-1, 1, 1, 1) * view + (1 - weight.view(-1, 1, 1, 1)) * partner
+        extra.append(view)
+    return torch.cat([images, *extra]) if extra else images
