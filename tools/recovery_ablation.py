@@ -136,7 +136,10 @@ def run_cell(bench: Bench, kind: str, variant: str, size: int, seed: int, steps:
         recover(bench.teacher, student, tiny, config, progress=False)
     seconds = time.perf_counter() - tick
     model = folding()(student).graph_module.eval()
-    return {**bench.scores(model), "seconds": seconds, "threads": torch.get_num_threads()}
+    # agreement on the tiny set itself: high there and low on held-out images is overfitting
+    fitted = percent_equal(predictions(model, tiny), predictions(bench.teacher, tiny))
+    return {**bench.scores(model), "tiny-set agreement": fitted, "seconds": seconds,
+            "threads": torch.get_num_threads()}
 
 
 def cell_key(model: str, kind: str, variant: str, size: int, seed: int, steps: int,
@@ -167,8 +170,12 @@ def summarize(results: dict) -> str:
              "mode, BN by BN in one forward pass); `paired-batch` = an earlier version of "
              "`paired` (commit 48cddc6): means shifted by student minus teacher tiny-set means "
              "and variances scaled by their ratio, both measured in train mode. `bn-only`: no "
-             "adapter training; `recover`: then the default stage-wise PRACTISE (lr 1e-3, "
-             "patience 20, `steps` Adam steps per stage).", "",
+             "adapter training; `recover`: then stage-wise PRACTISE, `steps` Adam steps per "
+             "stage at lr 1e-3 (`steps@lr` otherwise), patience 20. `+viewsN`: N augmented "
+             "copies of the tiny set (crop + flip) added as training pairs; `+mixN`: the same, "
+             "each blended with another image (weight 0.5–1 on its own); `+inner`: adapters "
+             "also before the last conv of the stage's other blocks (`fxprune.analysis.sites`)."
+             " `tiny set (…)`: agreement with the original on the tiny set itself.", "",
              "Findings so far: BN re-estimation alone (`paired`) recovers ResNet-56 from 83.48 "
              "to 90.79 lossless in about a second, but before adapter training it adds nothing "
              "there (recover: keep 91.84 vs paired 91.71 lossless, 81.29 vs 81.06 JPEG, same "
@@ -185,9 +192,11 @@ def summarize(results: dict) -> str:
     for (model, kind, size, steps, variant), cells in sorted(groups.items()):
         sets = [name for name in cells[0] if name not in ("seconds", "threads", "run")
                 and not name.endswith("agreement")]
+        fitted = [c["tiny-set agreement"] for c in cells if "tiny-set agreement" in c]
         shown = "; ".join(f"{name} {mean_std([c[name] for c in cells])} "
                           f"({mean_std([c[name + ' agreement'] for c in cells])})"
-                          for name in sets)
+                          for name in sets) + (
+            f"; tiny set ({mean_std(fitted)})" if len(fitted) == len(cells) else "")
         lines.append(f"| {model} | {kind} | {size} | {steps if steps != '0' else '-'} | "
                      f"{variant} | "
                      f"{len(cells)} | {shown} | "

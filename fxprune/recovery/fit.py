@@ -2,12 +2,15 @@
 
 Everything else in the segment stays frozen; the data are the tiny set's cached segment inputs
 and teacher features, so one step costs one forward and backward pass of the segment only.
+On a CPU with several intra-op threads, each minibatch is split between that many threads
+running one intra-op thread each, their gradients summed in a fixed order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fxprune.segments import as_list
+from fxprune.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,11 @@ class FitConfig:
     whatever the set size, which keeps large tiny sets affordable on a CPU."""
 
     lr: float = 1e-4
+    # A weight reading more inputs than this trains at lr * reference_width / inputs: Adam
+    # moves every entry by about lr, so a map's output moves by about lr * inputs per step
+    # (EfficientNet-Lite0's 192-wide adapters diverged at the rate that suits 64-wide ones).
+    # None: one rate for all.
+    reference_width: int | None = 64
     batch_size: int = 64
     epochs: int = 1000
     max_steps: int | None = None
@@ -31,7 +40,8 @@ class FitConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
+        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1 or \
+                (self.reference_width is not None and self.reference_width < 1):
             raise ValueError(f"invalid fit configuration {self}")
 
 
@@ -96,13 +106,62 @@ def fit(module: nn.Module, parameters: Sequence[nn.Parameter], inputs: Sequence[
         return _run(module, list(parameters), inputs, targets, config, description, progress)
 
 
+def _rate(parameter: torch.Tensor, config: FitConfig) -> float:
+    """``config.lr``, scaled down for a weight wider than ``config.reference_width``."""
+    inputs = parameter[0].numel() if parameter.dim() > 1 else 1
+    if config.reference_width is None or inputs <= config.reference_width:
+        return config.lr
+    return config.lr * config.reference_width / inputs
+
+
 def _snapshot(parameters, buffers) -> list[torch.Tensor]:
     return [tensor.detach().clone() for tensor in (*parameters, *buffers)]
 
 
+def _shard_loss(module, parameters, inputs, targets, part, share) -> tuple[float, list]:
+    """This shard's part of the minibatch loss (``share`` = its fraction of the minibatch)
+    and its gradients."""
+    loss = share * mse(as_list(module(*(x[part] for x in inputs))), [t[part] for t in targets])
+    gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+    return loss.item(), [torch.zeros_like(p) if g is None else g
+                         for p, g in zip(parameters, gradients)]
+
+
+def _backward(module, parameters, inputs, targets, index, pool, shards: int) -> float:
+    """The minibatch ``index``'s loss, its gradient left in ``.grad``: one pass, or split in
+    ``shards`` between the ``pool``'s threads (one intra-op thread each), the gradients summed
+    in a fixed order.
+    The convolutions of a small-image minibatch are too small for two intra-op threads to
+    share one well; two halves in two threads take about half the time."""
+    if pool is None:
+        loss = mse(as_list(module(*(x[index] for x in inputs))), [t[index] for t in targets])
+        loss.backward()
+        return loss.item()
+    parts = [part for part in index.tensor_split(shards) if len(part)]
+    shards = list(pool.map(lambda part: _shard_loss(module, parameters, inputs, targets, part,
+                                                    len(part) / len(index)), parts))
+    for position, parameter in enumerate(parameters):
+        parameter.grad = sum(gradients[position] for _, gradients in shards)
+    return sum(loss for loss, _ in shards)
+
+
 def _run(module, parameters, inputs, targets, config, description, progress) -> list[float]:
+    threads = torch.get_num_threads()
+    # BN in train mode updates its statistics on every forward: one pass only; a GPU runs
+    # the whole minibatch at once
+    shared = threads > 1 and inputs[0].device.type == "cpu" and \
+        not any(child.training for child in module.modules())
+    with torch_threads(1 if shared else threads), \
+            ThreadPoolExecutor(threads) if shared else nullcontext() as pool:
+        return _epochs(module, parameters, inputs, targets, config, description, progress,
+                       (pool, threads))
+
+
+def _epochs(module, parameters, inputs, targets, config, description, progress, workers
+            ) -> list[float]:
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    optimizer = torch.optim.Adam([{"params": [parameter], "lr": _rate(parameter, config)}
+                                  for parameter in parameters])
     buffers = list(module.buffers())
     count = len(inputs[0])
     steps_left = config.max_steps if config.max_steps is not None else float("inf")
@@ -120,12 +179,11 @@ def _run(module, parameters, inputs, targets, config, description, progress) -> 
             if steps_left <= 0:
                 break
             index = order[begin:begin + config.batch_size]
-            loss = mse(as_list(module(*(x[index] for x in inputs))), [t[index] for t in targets])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _backward(module, parameters, inputs, targets, index, *workers)
             optimizer.step()
             steps_left -= 1
-            total, seen = total + loss.item() * len(index), seen + len(index)
+            total, seen = total + loss * len(index), seen + len(index)
         history.append(total / seen)
         bar.set_postfix(loss=f"{history[-1]:.4g}")
         if history[-1] < best_loss:
