@@ -172,12 +172,18 @@ class Recovery:
     placement: Placement | None = None
     init: Init | None = None
     steps: int | None = None
+    views: int = 0  # augmented copies of the tiny set as extra pairs (recovery/views.py)
+    mix: bool = False  # those views blended with another image
     fit: FitConfig | None = field(default=None, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "schedule", Schedule(self.schedule))
         if self.steps is not None and self.steps < 0:
             raise FxpruneError(f"--steps must be >= 0, not {self.steps}")
+        if self.views < 0:
+            raise FxpruneError(f"--views must be >= 0, not {self.views}")
+        if self.mix and not self.views:
+            raise FxpruneError("--mix blends augmented views: it needs --views N")
         if self.steps == 0 and self.init != Init.LSTSQ:
             raise FxpruneError("0 recovery steps (--steps 0) train nothing; it needs --init "
                                "lstsq (the closed form)")
@@ -199,7 +205,8 @@ class Recovery:
             fit = None
         else:
             fit = replace(fit, seed=seed)
-        return RecoveryConfig(schedule=str(self.schedule), init=str(init), fit=fit)
+        return RecoveryConfig(schedule=str(self.schedule), init=str(init), fit=fit,
+                              views=self.views, mix=self.mix)
 
 
 @dataclass(frozen=True)

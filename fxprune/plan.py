@@ -133,7 +133,8 @@ class CompressionPlan:
                 "adapter_sites": [str(site) for site in self.adapter_sites],
                 "recovery": None if recovery is None else {
                     "schedule": str(recovery.schedule), "placement": str(recovery.sites),
-                    "init": recovery.config(self.seed).init},
+                    "init": recovery.config(self.seed).init,
+                    "views": recovery.views, "mix": recovery.mix},
                 "finetune": None if self.finetune is None else self.finetune.objective,
                 "seed": self.seed}
 
@@ -147,7 +148,9 @@ class CompressionPlan:
         recovery = described["recovery"]
         lines.append("  recovery: none" if recovery is None else
                      f"  recovery: {recovery['schedule']}, {recovery['placement']} sites, "
-                     f"{recovery['init']} start")
+                     f"{recovery['init']} start"
+                     + (f", {recovery['views']} {'mixed' if recovery['mix'] else 'augmented'} "
+                        "views" if recovery["views"] else ""))
         lines.append(f"  finetune: {described['finetune'] or 'none'}")
         return "\n".join(lines)
 

@@ -66,6 +66,15 @@ def test_rewrite_gives_a_fresh_copy_of_what_the_passes_make(model, images):
     assert planned.without_adapters().rewritten is None
 
 
+def test_views_reach_the_recovery_and_the_plan(model):
+    planned = fxprune.plan(model, Options(recovery=Recovery(views=2, mix=True)),
+                           input_size=SIZE)
+    config = planned.recovery.config(planned.seed)
+    assert (config.views, config.mix) == (2, True)
+    assert "identity start, 2 mixed views" in str(planned)
+    assert planned.as_json()["recovery"]["views"] == 2
+
+
 def test_the_pruned_reference_is_the_plan_without_adapters(model, images):
     planned = fxprune.plan(model, Options(drop=Drop.blocks("1.2"), recovery=QUICK),
                            input_size=SIZE)
@@ -118,6 +127,8 @@ def test_baseline_finetune_needs_labels(model, images):
     (lambda: Options(drop=None), "nothing to compress"),
     (lambda: Options(drop=Drop.auto(1.5)), "budget must be a ratio in"),
     (lambda: Options(recovery=Recovery(steps=0)), "needs --init lstsq"),
+    (lambda: Options(recovery=Recovery(views=-1)), "--views must be >= 0"),
+    (lambda: Options(recovery=Recovery(mix=True)), "it needs --views N"),
     (lambda: Options(drop=None, filters=fxprune.FilterPruning({"conv1": True})), "kept count"),
     (lambda: Options(drop=None, decouple=Decouple.lowrank(0.0)), "energy")])
 def test_bad_options_are_explained(model, images, options, message):

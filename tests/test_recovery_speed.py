@@ -15,13 +15,11 @@ from fxprune.graph import recovery_nodes
 from fxprune.models import cifar_resnet
 from fxprune.pass_manager import PassManager
 from fxprune.passes import DropBlocks, InsertAdapters
-from fxprune.recovery import fit as fit_module
-from fxprune.recovery.fit import FitConfig, _rate, _shard_loss, fit
+from fxprune.recovery.fit import FitConfig, _rate
 from fxprune.recovery.frozen import training_segment
 from fxprune.recovery import practise
 from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.segments import segment
-from fxprune.threads import torch_threads
 from fxprune.tracing import example_input, trace
 from tests.helpers import calibrate_and_randomize
 
@@ -119,40 +117,6 @@ def test_batch_statistics_keep_the_whole_segment(student, monkeypatch):
     recover(trace(student, SIZE), copy.deepcopy(student), example_input(SIZE, batch=4, seed=4),
             config, progress=False)
 
-
-
-def _fitted(module, threads, inputs, targets):
-    module = copy.deepcopy(module)
-    parameters = [p for name, p in module.named_parameters() if name.startswith("0.")]
-    with torch_threads(threads):
-        history = fit(module, parameters, [inputs], [targets],
-                      FitConfig(lr=1e-2, batch_size=7, max_steps=6), progress=False)
-    return history, [p.detach() for p in parameters]
-
-
-@pytest.mark.parametrize("train_bn", [False, True])
-def test_a_minibatch_split_between_threads_trains_as_one_pass(train_bn, monkeypatch):
-    """With two threads a minibatch is split in two halves whose gradients are summed: the
-    same loss and updates as one pass up to float64 rounding (odd minibatches, a last one of
-    one image). BN in train mode normalises over the whole minibatch, so it stays one pass."""
-    torch.manual_seed(0)
-    module = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 4, 3, padding=1),
-                           nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3)).double()
-    module.train(train_bn)
-    inputs = torch.randn(15, 3, 6, 6, dtype=torch.float64)
-    with torch.no_grad():
-        targets = module(inputs) + 0.1
-    one_pass, one_pass_weights = _fitted(module, 1, inputs, targets)
-    shards = []
-    monkeypatch.setattr(fit_module, "_shard_loss", lambda *args: shards.append(args[4]) or
-                        _shard_loss(*args))
-    split, split_weights = _fitted(module, 2, inputs, targets)
-    # 6 steps, two epochs of 7 + 7 + 1 images: 2 + 2 + 1 shards each
-    assert len(shards) == (0 if train_bn else 10)
-    torch.testing.assert_close(split, one_pass, rtol=1e-12, atol=0)
-    for first, second in zip(split_weights, one_pass_weights):
-        torch.testing.assert_close(first, second, rtol=1e-10, atol=1e-12)
-    assert one_pass[-1] < one_pass[0]
 
 
 def test_wide_weights_train_at_a_rate_scaled_by_their_width():

@@ -3,7 +3,7 @@ top-1; optionally the same commands on an earlier commit ("before"), run alterna
 checkout's so that both see the same machine load.
 
     .venv/bin/python tools/bench_speed.py [--rows rule50 rule500 auto50 demo] [--seeds 0]
-                                          [--before COMMIT] [--threads T]
+                                          [--before COMMIT] [--label NAME] [--threads T]
 
 ``--before COMMIT`` runs ``git archive COMMIT`` unpacked into a temporary folder, with this
 venv and the same data folder (``$FXPRUNE_DATA``, default ``../shared/data``). Writes
@@ -116,12 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--before", metavar="COMMIT", help="also time this commit, alternately")
+    parser.add_argument("--label", default="after",
+                        help="what this checkout's runs are called in the table (default "
+                             "after; another label keeps earlier runs of this checkout apart)")
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
     file, results = open_results(args, summarize, "tools/bench_speed.py", argv)
     results["before"] = args.before or results.get("before")
     with tempfile.TemporaryDirectory(prefix="fxprune-before-") as folder:
-        sources = {"after": ROOT}
+        sources = {args.label: ROOT}
         if args.before:
             sources["before"] = unpacked(args.before, Path(folder))
         for row in args.rows:

@@ -86,6 +86,11 @@ def register(commands) -> None:
                         help=f"at most N Adam steps per adapter fit (default "
                              f"{RecoveryConfig().fit.max_steps}); 0 with --init lstsq: the "
                              "closed form only")
+    parser.add_argument("--views", type=int, default=0, metavar="N",
+                        help="add N augmented copies of the tiny set (crop + flip) as extra "
+                             "label-free training pairs (default 0)")
+    parser.add_argument("--mix", action="store_true",
+                        help="blend each augmented view with another image of the set")
     parser.add_argument("--init", choices=INITS,
                         help="adapter start: identity, or the closed-form layer-wise optimum "
                              "(default: identity; lstsq with no gradient step for --schedule "
@@ -141,7 +146,8 @@ def _given(option: type, value):
 
 def _recovery(args: argparse.Namespace) -> Recovery | None:
     recovery = Recovery(schedule=Schedule(args.schedule), placement=args.placement,
-                        init=args.init, steps=args.steps)  # checked even when unused
+                        init=args.init, steps=args.steps, views=args.views,
+                        mix=args.mix)  # checked even when unused
     return recovery if args.recover == "practise" else None
 
 

@@ -2,15 +2,12 @@
 
 Everything else in the segment stays frozen; the data are the tiny set's cached segment inputs
 and teacher features, so one step costs one forward and backward pass of the segment only.
-On a CPU with several intra-op threads, each minibatch is split between that many threads
-running one intra-op thread each, their gradients summed in a fixed order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +15,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fxprune.segments import as_list
-from fxprune.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -118,47 +114,7 @@ def _snapshot(parameters, buffers) -> list[torch.Tensor]:
     return [tensor.detach().clone() for tensor in (*parameters, *buffers)]
 
 
-def _shard_loss(module, parameters, inputs, targets, part, share) -> tuple[float, list]:
-    """This shard's part of the minibatch loss (``share`` = its fraction of the minibatch)
-    and its gradients."""
-    loss = share * mse(as_list(module(*(x[part] for x in inputs))), [t[part] for t in targets])
-    gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
-    return loss.item(), [torch.zeros_like(p) if g is None else g
-                         for p, g in zip(parameters, gradients)]
-
-
-def _backward(module, parameters, inputs, targets, index, pool, shards: int) -> float:
-    """The minibatch ``index``'s loss, its gradient left in ``.grad``: one pass, or split in
-    ``shards`` between the ``pool``'s threads (one intra-op thread each), the gradients summed
-    in a fixed order.
-    The convolutions of a small-image minibatch are too small for two intra-op threads to
-    share one well; two halves in two threads take about half the time."""
-    if pool is None:
-        loss = mse(as_list(module(*(x[index] for x in inputs))), [t[index] for t in targets])
-        loss.backward()
-        return loss.item()
-    parts = [part for part in index.tensor_split(shards) if len(part)]
-    shards = list(pool.map(lambda part: _shard_loss(module, parameters, inputs, targets, part,
-                                                    len(part) / len(index)), parts))
-    for position, parameter in enumerate(parameters):
-        parameter.grad = sum(gradients[position] for _, gradients in shards)
-    return sum(loss for loss, _ in shards)
-
-
 def _run(module, parameters, inputs, targets, config, description, progress) -> list[float]:
-    threads = torch.get_num_threads()
-    # BN in train mode updates its statistics on every forward: one pass only; a GPU runs
-    # the whole minibatch at once
-    shared = threads > 1 and inputs[0].device.type == "cpu" and \
-        not any(child.training for child in module.modules())
-    with torch_threads(1 if shared else threads), \
-            ThreadPoolExecutor(threads) if shared else nullcontext() as pool:
-        return _epochs(module, parameters, inputs, targets, config, description, progress,
-                       (pool, threads))
-
-
-def _epochs(module, parameters, inputs, targets, config, description, progress, workers
-            ) -> list[float]:
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam([{"params": [parameter], "lr": _rate(parameter, config)}
                                   for parameter in parameters])
@@ -179,11 +135,12 @@ def _epochs(module, parameters, inputs, targets, config, description, progress, 
             if steps_left <= 0:
                 break
             index = order[begin:begin + config.batch_size]
+            loss = mse(as_list(module(*(x[index] for x in inputs))), [t[index] for t in targets])
             optimizer.zero_grad(set_to_none=True)
-            loss = _backward(module, parameters, inputs, targets, index, *workers)
+            loss.backward()
             optimizer.step()
             steps_left -= 1
-            total, seen = total + loss * len(index), seen + len(index)
+            total, seen = total + loss.item() * len(index), seen + len(index)
         history.append(total / seen)
         bar.set_postfix(loss=f"{history[-1]:.4g}")
         if history[-1] < best_loss:
