@@ -39,7 +39,8 @@ output was, ``stand_in`` names the student node that carries that value now.
 BN layers are kept in eval mode (running statistics fixed) unless ``bn="train"``, the paper's
 choice, where they normalise with batch statistics and update their running statistics while
 the adapters train. Before any training, ``bn_stats`` may re-estimate the running statistics
-of the damaged student on the tiny set (``fxprune.recovery.bn_stats``).
+of the damaged student on the tiny set (``fxprune.recovery.bn_stats``), and ``views`` adds
+augmented copies of the tiny set as training pairs (``fxprune.recovery.views``).
 """
 
 from __future__ import annotations
