@@ -168,9 +168,10 @@ the stage-6 fit (192-wide adapters) ended with a higher training loss than it st
 (12.0 -> 18.5), and the last stage, whose 7x7 maps give few samples per adapter weight, fits \
 the tiny set (relative error 0.35 -> 0.13) but not held-out images (0.36 -> 0.45). With the \
 rate scaled by adapter width (lr x 64 / inputs above 64, now the default; ResNet-56's \
-adapters are at most 64 wide and unchanged) the stage-6 fit converges and top-1 is 74.40; \
-with 4 augmented views as well, 76.40 (tiny-set agreement 91 % instead of 95 %: less \
-overfitting). With 500 images: 76.60, with 2 views 77.00 — far from the issue's 81.8. \
+adapters are at most 64 wide and unchanged) the stage-6 fit converges and top-1 is 74.40 \
+(seed 0; 76.13 +- 1.51 over 3 seeds); with 4 augmented views as well, 76.40 (76.27 +- 0.12; \
+tiny-set agreement 91 % instead of 95 %: less overfitting, steadier, no higher mean). With \
+500 images: 76.60, with 2 views 77.00 (seed 0) — far from the issue's 81.8. \
 `+inner` adapters (1152 wide, before projections) collapsed to 38.60 at the unscaled rate.
 - ResNet-56 (50 images, 150 steps at lr 2e-3, 3 seeds): views, mixed views and inner \
 adapters all stay within one standard deviation of `keep` (best lossless: inner 92.13 +- \
