@@ -94,7 +94,7 @@ def test_scores_do_not_depend_on_workers_or_on_what_was_scored_before(small_resn
     scorer = Recoverability(small_resnet, images, QUICK)
     with torch_threads(2):
         assert scorer(["1.2"]) > 0
-        reused = scorer._prepared(frozenset(sets[0]))[2]
+        reused = scorer._prepared(frozenset(sets[0]))[1]
         assert len(reused) == 2  # after block 1.1 and before block 1.3 (cvpr sites)
         assert scorer.scores(sets) == alone
     assert scorer.evaluations == 4

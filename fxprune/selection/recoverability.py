@@ -102,16 +102,16 @@ class Recoverability:
         workers = min(torch.get_num_threads(), len(new)) or 1
         with torch_threads(1), ThreadPoolExecutor(workers) as pool:
             # planning is Python-bound: students are built here while the workers train
-            running = [(key, pool.submit(self._recovered_error, *self._prepared(key)))
+            running = [(key, pool.submit(self._recovered_error, key, *self._prepared(key)))
                        for key in new]
             for key, future in running:
                 self.scores_by_set[key] = future.result()
                 done()
         return [self.scores_by_set[key] for key in keys]
 
-    def _prepared(self, key: frozenset[str]) -> tuple[fx.GraphModule, frozenset[str], set[str]]:
+    def _prepared(self, key: frozenset[str]) -> tuple[fx.GraphModule, set[str]]:
         """The student of ``key``, with the adapters of its longest stage prefix already
-        recovered copied in (with their names)."""
+        recovered copied in, and their names."""
         student = self.student(sorted(key))
         modules = named_modules(student)
         if self.recovery.schedule == "stagewise":
@@ -120,8 +120,8 @@ class Recoverability:
                 if states is not None and adapters:
                     for node in adapters:
                         modules[node.target].load_state_dict(states[_site(node)])
-                    return student, key, {node.name for node in adapters}
-        return student, key, set()
+                    return student, {node.name for node in adapters}
+        return student, set()
 
     def _stage_prefixes(self, student: fx.GraphModule, key: frozenset[str]
                         ) -> list[tuple[tuple, list[fx.Node]]]:
@@ -136,7 +136,7 @@ class Recoverability:
             prefixes.append(((key & dropped, frozenset(map(_site, before))), before))
         return prefixes
 
-    def _recovered_error(self, student: fx.GraphModule, key: frozenset[str],
+    def _recovered_error(self, key: frozenset[str], student: fx.GraphModule,
                          trained: set[str]) -> float:
         if key:
             recover(self._own_teacher(), student, self.images, self.recovery, progress=False,
