@@ -28,7 +28,6 @@ import onnx
 import onnxruntime as ort
 import torch
 from google.protobuf.message import DecodeError
-from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from torch import nn
 
 from fxprune.errors import FxpruneError
@@ -195,6 +194,9 @@ def onnx_macs(path: str | Path, input_size: Sequence[int] | None = None) -> int:
         dim.dim_value = value
     # ONNX's own inference stops at a Pad whose pads are computed (the CIFAR ResNets' option-A
     # shortcut); ONNX Runtime's symbolic inference propagates such constant shape arithmetic.
+    # imported here: it loads sympy, a second of every fxprune command's start
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
     shapes = _shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=False))
     total = 0
     for node in model.graph.node:

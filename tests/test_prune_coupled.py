@@ -27,7 +27,8 @@ from fxprune.passes import PruneCoupledMaps, PruneFilters, folding
 from fxprune.resolve import explicit_counts
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
-from fxprune.recovery.practise import RecoveryConfig, _layer_groups, _stage_targets, recover
+from fxprune.recovery.practise import RecoveryConfig, _layer_groups, recover
+from fxprune.recovery.targets import student_targets, teacher_stages
 from fxprune.segments import run_batched, segment
 from fxprune.tracing import example_input, trace
 from tests.helpers import FP64_ATOL, calibrate_and_randomize, count_modules, randomize_adapters
@@ -214,7 +215,7 @@ def test_stage_schedules_compare_a_narrowed_stage_output_at_its_kept_channels(sc
     teacher = trace(model, SIZE)
     student = PruneCoupledMaps({"conv1": 4, "layer2_0_conv2": 8, "layer3_0_conv2": 16})(
         trace(model, SIZE)).graph_module
-    outputs, targets = _stage_targets(teacher, student, images, RecoveryConfig())
+    outputs, targets = student_targets(student, teacher_stages(teacher, images))
     full = dict(zip(outputs, run_batched(
         segment(teacher, ["x"], [stand_in(teacher, s.blocks[-1].exit)
                                  for s in find_structure(teacher).stages]), [images], 8)))

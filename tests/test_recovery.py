@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from fxprune.adapters import Adapter
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import PreconditionError
-from fxprune.recovery.fit import FitConfig, fit
+from fxprune.recovery.fit import FitConfig, channels_last, fit
 from fxprune.recovery.practise import RecoveryConfig, adapter_nodes, recover
+from fxprune.recovery.targets import teacher_stages
 from fxprune.segments import run_batched, segment
 from fxprune.tracing import trace
 from tests.helpers import SMALL_SIZE as SIZE
@@ -100,3 +103,26 @@ def test_recovery_leaves_ordinary_contiguous_tensors(teacher, images):
     for module in (student, teacher):
         assert all(tensor.is_contiguous() for tensor in [*module.parameters(),
                                                          *module.buffers()])
+
+
+@pytest.mark.parametrize("schedule", ["stagewise", "joint"])
+def test_given_teacher_stages_train_the_same_adapters(teacher, images, schedule):
+    """Features computed once by the caller (``teacher_stages``) stand for the ones recover
+    would compute: the adapters train to the same values; with views they are refused."""
+    config = RecoveryConfig(schedule=schedule, fit=FitConfig(lr=3e-3, max_steps=6, patience=6))
+    computed, given = (student_with_adapters(teacher, "cvpr") for _ in range(2))
+    recover(teacher, computed, images, config, progress=False)
+    with channels_last(teacher):
+        stages = teacher_stages(teacher, images.contiguous(memory_format=torch.channels_last))
+    assert stages.outputs == tuple(dict.fromkeys(
+        stage.output for stage in find_structure(teacher).stages))
+    recover(teacher, given, images, config, progress=False, stages=stages)
+    trained = [name for name in computed.state_dict() if "adapter" in name]
+    assert trained
+    for name in trained:
+        torch.testing.assert_close(given.state_dict()[name], computed.state_dict()[name],
+                                   rtol=1e-6, atol=1e-7)
+    assert not torch.equal(computed.state_dict()[trained[0]],
+                           student_with_adapters(teacher, "cvpr").state_dict()[trained[0]])
+    with pytest.raises(ValueError, match="views"):
+        recover(teacher, given, images, replace(config, views=1), progress=False, stages=stages)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
-import torchvision
 from torch import nn
 
 from fxprune.download import cifar_resnet_weights
@@ -91,6 +90,8 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
 
 
 def _from_torchvision(builder: str) -> LoadedModel:
+    import torchvision  # here, not at the top: importing it takes seconds (torch._dynamo)
+
     available = torchvision.models.list_models(module=torchvision.models)
     if builder not in available:
         close = difflib.get_close_matches(builder, available, n=5, cutoff=0.5)

@@ -54,15 +54,16 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from fxprune.analysis.structure import find_structure
 from fxprune.errors import PreconditionError
 from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes,
                            to_digraph)
-from fxprune.meta import adapter_site, kept_channels, prune_group, stand_in
+from fxprune.meta import adapter_site, prune_group, stand_in
 from fxprune.recovery.bn_stats import BN_STATS, reestimate_batchnorm
 from fxprune.recovery.fit import FitConfig, channels_last, fit, set_batchnorm_training
 from fxprune.recovery.frozen import training_segment
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
+from fxprune.recovery.targets import (TeacherStages, stage_outputs, student_targets,
+                                      teacher_stages)
 from fxprune.recovery.views import with_views
 from fxprune.segments import run_batched, segment
 
@@ -162,18 +163,27 @@ def _losses(module, inputs, targets, batch_size) -> float:
 
 def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tensor,
             config: RecoveryConfig = RecoveryConfig(), progress: bool = True,
-            trained: Collection[str] = ()) -> list[StepReport]:
+            trained: Collection[str] = (), stages: TeacherStages | None = None
+            ) -> list[StepReport]:
     """Train ``student``'s adapters in place on ``images`` (a normalised NCHW batch);
     ``trained`` names nodes already trained, left as they are (a stage whose adapters are all
-    trained is only run forward).
+    trained is only run forward); ``stages``, the teacher's stage outputs on ``images``
+    (``teacher_stages``) when the caller has them already.
 
     Raises ``PreconditionError`` before training anything when the schedule cannot train every
     adapter (layer-wise: an adapter not placed before a conv; stage-wise and joint: an adapter
     after the last stage output)."""
+    if stages is not None and config.views:
+        raise ValueError("stages are the teacher's features on the images themselves; with "
+                         "views the training images are others")
     teacher.eval()
     student.eval()
-    if config.fit is not None:
-        _check_schedule(teacher, student, config.schedule)
+    outputs = stages.outputs if stages is not None else None
+    if config.fit is not None and config.schedule != "layerwise":
+        outputs = outputs or stage_outputs(teacher)
+        _check_stage_schedule(student, outputs)
+    elif config.fit is not None:
+        _check_layerwise(student)
     reestimate_batchnorm(teacher, student, images, config.bn_stats)
     images = with_views(images, config.views, config.mix,
                         config.fit.seed if config.fit is not None else 0)
@@ -187,9 +197,11 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
             fallback = replace(config, fit=CLOSED_FORM_FALLBACK)
             return reports + _layerwise(teacher, student, images, fallback, progress,
                                         untrained - solved)
-        schedule = {"joint": _joint, "stagewise": _stagewise, "layerwise": _layerwise}
-        return reports + schedule[config.schedule](teacher, student, images, config, progress,
-                                                   untrained)
+        if config.schedule == "layerwise":
+            return reports + _layerwise(teacher, student, images, config, progress, untrained)
+        stages = stages or teacher_stages(teacher, images, config.eval_batch_size, outputs)
+        schedule = _joint if config.schedule == "joint" else _stagewise
+        return reports + schedule(student, stages, images, config, progress, untrained)
 
 
 def _closed_form(node: fx.Node, modules) -> bool:
@@ -238,22 +250,8 @@ def _solve_layerwise(teacher, student, images, config, progress, only: set[str]
     return reports, {node.name for node in solvable}
 
 
-def _stage_targets(teacher, student, images, config):
-    """Student stage-output nodes and the teacher's features there — at the channels the
-    student's output still carries where it lies on a pruned residual stream."""
-    teacher_outputs = list(dict.fromkeys(stage.output  # nested stages share their region's
-                                         for stage in find_structure(teacher).stages))
-    targets = run_batched(segment(teacher, [_input_name(teacher)], teacher_outputs), [images],
-                          config.eval_batch_size)
-    nodes = {node.name: node for node in student.graph.nodes}
-    outputs = [stand_in(student, name) for name in teacher_outputs]
-    kept = [kept_channels(nodes[name]) for name in outputs]
-    return outputs, [target if channels is None else target[:, channels].contiguous(
-        memory_format=torch.channels_last) for target, channels in zip(targets, kept)]
-
-
-def _joint(teacher, student, images, config, progress, only: set[str]) -> list[StepReport]:
-    outputs, targets = _stage_targets(teacher, student, images, config)
+def _joint(student, stages, images, config, progress, only: set[str]) -> list[StepReport]:
+    outputs, targets = student_targets(student, stages)
     adapters = [node for node in recovery_nodes(student) if node.name in only]
     if not adapters:
         return []
@@ -261,31 +259,30 @@ def _joint(teacher, student, images, config, progress, only: set[str]) -> list[S
                    config, progress)]
 
 
-def _check_schedule(teacher, student, schedule: str) -> None:
-    adapters = recovery_nodes(student)
-    if schedule == "layerwise":
-        masked = set(masked_nodes(student))
-        misplaced = [node.name for node in adapters if prune_group(node) is None
-                     and node not in masked and (
-                     adapter_site(node) is None
-                     or adapter_site(node).side != "input" or len(node.users) != 1)]
-        if misplaced:
-            raise PreconditionError(
-                f"layer-wise recovery trains adapters placed before a conv; {', '.join(misplaced)} "
-                "are not (use placement 'paper', or the stage-wise or joint schedule)")
-        return
+def _check_layerwise(student) -> None:
+    masked = set(masked_nodes(student))
+    misplaced = [node.name for node in recovery_nodes(student) if prune_group(node) is None
+                 and node not in masked and (
+                 adapter_site(node) is None
+                 or adapter_site(node).side != "input" or len(node.users) != 1)]
+    if misplaced:
+        raise PreconditionError(
+            f"layer-wise recovery trains adapters placed before a conv; {', '.join(misplaced)} "
+            "are not (use placement 'paper', or the stage-wise or joint schedule)")
+
+
+def _check_stage_schedule(student, outputs: tuple[str, ...]) -> None:
     order = {node.name: index for index, node in enumerate(student.graph.nodes)}
-    last = max(order[stand_in(student, stage.output)]
-               for stage in find_structure(teacher).stages)
-    outside = [node.name for node in adapters if order[node.name] > last]
+    last = max(order[stand_in(student, output)] for output in outputs)
+    outside = [node.name for node in recovery_nodes(student) if order[node.name] > last]
     if outside:
         raise PreconditionError(f"adapters after the last stage output cannot be recovered: "
                                 f"{', '.join(outside)}")
 
 
-def _stagewise(teacher, student, images, config, progress, only: set[str]
+def _stagewise(student, stages, images, config, progress, only: set[str]
                ) -> list[StepReport]:
-    student_outputs, targets = _stage_targets(teacher, student, images, config)
+    student_outputs, targets = student_targets(student, stages)
     order = {node.name: index for index, node in enumerate(student.graph.nodes)}
     adapters = [node for node in recovery_nodes(student) if node.name in only]
     reports: list[StepReport] = []

@@ -37,8 +37,9 @@ from fxprune.errors import FxpruneWarning
 from fxprune.graph import named_modules, recovery_nodes
 from fxprune.meta import adapter_site, stand_in
 from fxprune.options import Drop, Options, Recovery
-from fxprune.recovery.fit import FitConfig
+from fxprune.recovery.fit import FitConfig, channels_last
 from fxprune.recovery.practise import RECOVERY_BATCH, RecoveryConfig, recover
+from fxprune.recovery.targets import teacher_stages
 from fxprune.segments import run_batched, segment
 from fxprune.threads import torch_threads
 
@@ -64,6 +65,13 @@ class Recoverability:
         self.source = next(node.name for node in teacher.graph.nodes if node.op == "placeholder")
         self.feature = self.structure.last_exit
         self.target = self._feature(teacher)
+        # what every candidate's recovery mimics, computed once (as recover would: in
+        # channels-last memory, so that a score does not depend on who computed them)
+        self.stages = None
+        if not recovery.views:
+            with channels_last(teacher):
+                self.stages = teacher_stages(
+                    teacher, images.contiguous(memory_format=torch.channels_last), batch_size)
         self.scale = float(self.target.pow(2).mean()) or 1.0
         self.scores_by_set: dict[frozenset[str], float] = {}
         self._local = threading.local()
@@ -89,7 +97,8 @@ class Recoverability:
             warnings.simplefilter("ignore", FxpruneWarning)
             planned = plan(self.teacher, options, input_size=tuple(self.images.shape[1:]),
                            progress=False)
-        return planned.rewrite()
+        # the plan is this call's own: its rewriting is taken, not copied
+        return planned.rewritten if planned.rewritten is not None else planned.rewrite()
 
     def __call__(self, block_ids: Iterable[str]) -> float:
         return self.scores([block_ids])[0]
@@ -141,7 +150,7 @@ class Recoverability:
                          trained: set[str]) -> float:
         if key:
             recover(self._own_teacher(), student, self.images, self.recovery, progress=False,
-                    trained=trained)
+                    trained=trained, stages=self.stages)
             modules = named_modules(student)
             for prefix, adapters in self._stage_prefixes(student, key):
                 self._trained.setdefault(prefix, {
