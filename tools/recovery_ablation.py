@@ -124,14 +124,14 @@ def parse_variant(variant: str) -> dict:
 
 
 def run_cell(bench: Bench, kind: str, variant: str, size: int, seed: int, steps: int,
-             lr: float) -> dict:
+             lr: float, batch: int) -> dict:
     tiny = bench.tiny(size, seed)
     parsed = parse_variant(variant)
     student = bench.student(tiny, parsed["placement"])
     tick = time.perf_counter()
     reestimate_batchnorm(bench.teacher, student, tiny, parsed["bn"])
     if kind == "recover":
-        fit = FitConfig(lr=lr, max_steps=steps, patience=20, seed=seed)
+        fit = FitConfig(lr=lr, max_steps=steps, patience=20, seed=seed, batch_size=batch)
         config = RecoveryConfig(fit=fit, views=parsed["views"], mix=parsed["mix"])
         recover(bench.teacher, student, tiny, config, progress=False)
     seconds = time.perf_counter() - tick
@@ -143,8 +143,9 @@ def run_cell(bench: Bench, kind: str, variant: str, size: int, seed: int, steps:
 
 
 def cell_key(model: str, kind: str, variant: str, size: int, seed: int, steps: int,
-             lr: float) -> str:
-    steps_key = f"{steps}" + ("" if lr == 1e-3 else f"@{lr:g}") if kind == "recover" else "0"
+             lr: float, batch: int) -> str:
+    steps_key = f"{steps}" + ("" if lr == 1e-3 else f"@{lr:g}") + (
+        "" if batch == 64 else f",b{batch}") if kind == "recover" else "0"
     return f"{model}/{kind}/{variant}/{size}/{steps_key}/{seed}"
 
 
@@ -198,7 +199,8 @@ def summarize(results: dict) -> str:
              "`paired` (commit 48cddc6): means shifted by student minus teacher tiny-set means "
              "and variances scaled by their ratio, both measured in train mode. `bn-only`: no "
              "adapter training; `recover`: then stage-wise PRACTISE, `steps` Adam steps per "
-             "stage at lr 1e-3 (`steps@lr` otherwise), patience 20. `+viewsN`: N augmented "
+             "stage at lr 1e-3 (`steps@lr` otherwise), patience 20, minibatches of 64 "
+             "(`,bB`: of B). `+viewsN`: N augmented "
              "copies of the tiny set (crop + flip) added as training pairs; `+mixN`: the same, "
              "each blended with another image (weight 0.5–1 on its own); `+inner`: adapters "
              "also before the last conv of the stage's other blocks (`fxprune.analysis.sites`)."
@@ -236,6 +238,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=64, help="images per Adam step (the "
+                        "key reads steps@lr,bB when not 64)")
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
     for variant in args.variants:
@@ -248,10 +252,10 @@ def main(argv=None) -> None:
             for kind in args.kinds:
                 for variant in args.variants:
                     key = cell_key(args.model, kind, variant, size, seed, args.steps,
-                                   args.lr)
+                                   args.lr, args.batch)
                     if key not in results["cells"]:
                         results["cells"][key] = run_cell(bench, kind, variant, size, seed,
-                                                         args.steps, args.lr)
+                                                         args.steps, args.lr, args.batch)
                         file.save(results)
                         print(key, results["cells"][key], flush=True)
 
