@@ -92,7 +92,8 @@ class _Training:
             return []
         tick = time.perf_counter()
         steps = run_recovery(self.teacher, self.student, self.images,
-                             self.plan.recovery.config(self.plan.seed), progress=progress)
+                             self.plan.recovery.config(self.plan.seed, len(self.images)),
+                             progress=progress)
         self.phases["recover"] = time.perf_counter() - tick
         return steps
 
@@ -144,6 +145,7 @@ def execute(plan: CompressionPlan, images: torch.Tensor, labels: torch.Tensor | 
         placement=str(plan.placement) if plan.placement else None,
         schedule=str(plan.recovery.schedule) if plan.recovery else None,
         init=plan.recovery.config(plan.seed).init if plan.recovery else None,
+        views=plan.recovery.config(plan.seed, len(images)).views if plan.recovery else None,
         device=str(device), plan=plan.as_json(), models=models, recovery_steps=steps,
         phases=training.phases, seconds=plan.seconds + time.perf_counter() - start,
         auto=plan.selection)

@@ -20,6 +20,7 @@ from fxprune.errors import FxpruneError
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig
+from fxprune.recovery.views import views_for
 
 if TYPE_CHECKING:
     from fxprune.selection import SelectionConfig
@@ -172,7 +173,9 @@ class Recovery:
     placement: Placement | None = None
     init: Init | None = None
     steps: int | None = None
-    views: int = 0  # augmented copies of the tiny set as extra pairs (recovery/views.py)
+    # augmented copies of the tiny set as extra pairs; None: enough for MIN_PAIRS pairs
+    # (recovery/views.py)
+    views: int | None = None
     mix: bool = False  # those views blended with another image
     fit: FitConfig | None = field(default=None, repr=False)
 
@@ -180,10 +183,10 @@ class Recovery:
         object.__setattr__(self, "schedule", Schedule(self.schedule))
         if self.steps is not None and self.steps < 0:
             raise FxpruneError(f"--steps must be >= 0, not {self.steps}")
-        if self.views < 0:
+        if self.views is not None and self.views < 0:
             raise FxpruneError(f"--views must be >= 0, not {self.views}")
-        if self.mix and not self.views:
-            raise FxpruneError("--mix blends augmented views: it needs --views N")
+        if self.mix and self.views == 0:
+            raise FxpruneError("--mix blends augmented views: it cannot go with --views 0")
         if self.steps == 0 and self.init != Init.LSTSQ:
             raise FxpruneError("0 recovery steps (--steps 0) train nothing; it needs --init "
                                "lstsq (the closed form)")
@@ -194,8 +197,9 @@ class Recovery:
             return Placement(self.placement)
         return Placement.PAPER if self.schedule == Schedule.LAYERWISE else Placement.CVPR
 
-    def config(self, seed: int) -> RecoveryConfig:
-        """The engine's configuration, every shuffle seeded by ``seed``."""
+    def config(self, seed: int, images: int = 0) -> RecoveryConfig:
+        """The engine's configuration for a tiny set of ``images`` images (they decide the
+        default number of views), every shuffle seeded by ``seed``."""
         closed_form = self.schedule == Schedule.LAYERWISE and self.init is None \
             and self.steps is None and self.fit is None
         init = Init.LSTSQ if closed_form else Init(self.init or Init.IDENTITY)
@@ -206,7 +210,8 @@ class Recovery:
         else:
             fit = replace(fit, seed=seed)
         return RecoveryConfig(schedule=str(self.schedule), init=str(init), fit=fit,
-                              views=self.views, mix=self.mix)
+                              views=views_for(images) if self.views is None else self.views,
+                              mix=self.mix)
 
 
 @dataclass(frozen=True)

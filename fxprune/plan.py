@@ -30,6 +30,7 @@ from fxprune.passes import (DropBlocks, FactorizeConvs, InsertAdapters, MaskWeig
                             PruneCoupledMaps, PruneFilters, folding)
 from fxprune.passes.factorize_convs import factorizable
 from fxprune.recovery.finetune import FinetuneConfig, pre_pooling
+from fxprune.recovery.views import MIN_PAIRS
 from fxprune.resolve import (convs_without_adapters, drop_ids, kept_filters, kept_streams,
                              up_to_last_stage)
 from fxprune.selection import Selection, select_blocks
@@ -149,10 +150,16 @@ class CompressionPlan:
         lines.append("  recovery: none" if recovery is None else
                      f"  recovery: {recovery['schedule']}, {recovery['placement']} sites, "
                      f"{recovery['init']} start"
-                     + (f", {recovery['views']} {'mixed' if recovery['mix'] else 'augmented'} "
-                        "views" if recovery["views"] else ""))
+                     + _views(recovery["views"], recovery["mix"]))
         lines.append(f"  finetune: {described['finetune'] or 'none'}")
         return "\n".join(lines)
+
+
+def _views(views: int | None, mix: bool) -> str:
+    kind = "mixed" if mix else "augmented"
+    if views is None:
+        return f", {kind} views up to {MIN_PAIRS} pairs"
+    return f", {views} {kind} views" if views else ""
 
 
 class _Scratch:

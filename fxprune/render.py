@@ -132,7 +132,8 @@ def render_report(report: dict[str, Any], plot: str | None = None) -> str:
         _scheme(report) + f"; recovery `{report['recover']}`"
         + (f" ({report['schedule']}, {report['adapters']} adapters"
            + (f", block-drop adapters at `{report['placement']}` sites" if report["placement"]
-              else "") + ")" if report["adapters"] else "")
+              else "") + (f", {report['views']} augmented views" if report.get("views")
+                          else "") + ")" if report["adapters"] else "")
         + f"; finetune `{report['finetune']}`; {report['images']} tiny-set images, "
           f"seed {report['seed']}.",
         "",

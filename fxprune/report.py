@@ -80,6 +80,7 @@ class Report:
     adapters: int
     schedule: str | None
     init: str | None
+    views: int | None  # augmented views of the tiny set the recovery trained on
     device: str
     plan: dict[str, Any]
     models: dict[str, ModelRow]  # original, pruned, [recovered], compressed, [quantized]
@@ -101,7 +102,8 @@ class Report:
             "drop": self.drop, "auto": self.auto.as_report() if self.auto else None,
             "placement": self.placement, "adapters": self.adapters,
             **asdict(self.scheme), "recover": self.recover, "finetune": self.finetune,
-            "schedule": self.schedule, "init": self.init, "device": self.device,
+            "schedule": self.schedule, "init": self.init, "views": self.views,
+            "device": self.device,
             "plan": self.plan,
             **{key: row.as_json() for key, row in self.models.items()},
             "recovery_steps": [vars(step) for step in self.recovery_steps],

@@ -75,6 +75,18 @@ def test_views_reach_the_recovery_and_the_plan(model):
     assert planned.as_json()["recovery"]["views"] == 2
 
 
+def test_by_default_views_bring_the_tiny_set_to_min_pairs(model):
+    """No ``views``: as many views as make 256 pairs, none for a set that large; an explicit
+    count, 0 included, is kept whatever the set's size."""
+    planned = fxprune.plan(model, Options(), input_size=SIZE)
+    assert planned.as_json()["recovery"]["views"] is None
+    assert "identity start, augmented views up to 256 pairs" in str(planned)
+    assert [planned.recovery.config(0, images).views for images in (1, 10, 50, 255, 256, 900)] \
+        == [255, 25, 5, 1, 0, 0]
+    assert Recovery(views=0).config(0, 10).views == 0
+    assert Recovery(views=3, mix=True).config(0, 900).views == 3
+
+
 def test_the_pruned_reference_is_the_plan_without_adapters(model, images):
     planned = fxprune.plan(model, Options(drop=Drop.blocks("1.2"), recovery=QUICK),
                            input_size=SIZE)
@@ -90,6 +102,7 @@ def test_compress_returns_a_plain_folded_network(model, images):
     result = fxprune.compress(model, images, SIZE, Options(recovery=QUICK), progress=False)
     report = result.report
     assert report.drop == ["1.2", "2.2", "3.2"] and report.adapters > 0
+    assert report.views == report.as_json()["views"] == 15  # 16 images: views to 256 pairs
     assert count_modules(result.model, (Adapter, nn.BatchNorm2d)) == 0
     assert report.models["compressed"].macs == report.models["pruned"].macs
     assert report.models["compressed"].macs < report.models["original"].macs
@@ -128,7 +141,7 @@ def test_baseline_finetune_needs_labels(model, images):
     (lambda: Options(drop=Drop.auto(1.5)), "budget must be a ratio in"),
     (lambda: Options(recovery=Recovery(steps=0)), "needs --init lstsq"),
     (lambda: Options(recovery=Recovery(views=-1)), "--views must be >= 0"),
-    (lambda: Options(recovery=Recovery(mix=True)), "it needs --views N"),
+    (lambda: Options(recovery=Recovery(views=0, mix=True)), "cannot go with --views 0"),
     (lambda: Options(drop=None, filters=fxprune.FilterPruning({"conv1": True})), "kept count"),
     (lambda: Options(drop=None, decouple=Decouple.lowrank(0.0)), "energy")])
 def test_bad_options_are_explained(model, images, options, message):

@@ -93,7 +93,8 @@ class Bench:
             return rows
         tick = time.perf_counter()
         recovered = student(plan)
-        recover(self.teacher, recovered, images, plan.recovery.config(plan.seed), progress=False)
+        recover(self.teacher, recovered, images, plan.recovery.config(plan.seed, len(images)),
+                progress=False)
         seconds = time.perf_counter() - tick
         if "practise" in todo:
             rows["practise"] = self.row(folding()(copy.deepcopy(recovered)).graph_module,

@@ -18,6 +18,7 @@ from fxprune.options import (Decouple, Drop, FilterPruning, Options, Placement, 
                              Schedule, Sparsity, StreamPruning)
 from fxprune.recovery.finetune import OBJECTIVES, FinetuneConfig
 from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
+from fxprune.recovery.views import MIN_PAIRS
 from fxprune.report import Report
 from fxprune.selection import STRATEGIES
 from fxprune.threads import torch_threads
@@ -86,9 +87,10 @@ def register(commands) -> None:
                         help=f"at most N Adam steps per adapter fit (default "
                              f"{RecoveryConfig().fit.max_steps}); 0 with --init lstsq: the "
                              "closed form only")
-    parser.add_argument("--views", type=int, default=0, metavar="N",
+    parser.add_argument("--views", type=int, metavar="N",
                         help="add N augmented copies of the tiny set (crop + flip) as extra "
-                             "label-free training pairs (default 0)")
+                             f"label-free training pairs (default: enough for {MIN_PAIRS} "
+                             "pairs: 25 for 10 images, 5 for 50, none from 256 images)")
     parser.add_argument("--mix", action="store_true",
                         help="blend each augmented view with another image of the set")
     parser.add_argument("--init", choices=INITS,
