@@ -158,7 +158,7 @@ class CompressionPlan:
 def _views(views: int | None, mix: bool) -> str:
     kind = "mixed" if mix else "augmented"
     if views is None:
-        return f", {kind} views up to {MIN_PAIRS} pairs"
+        return f", {kind} views up to {MIN_PAIRS} pairs for a small set"
     return f", {views} {kind} views" if views else ""
 
 

@@ -76,13 +76,13 @@ def test_views_reach_the_recovery_and_the_plan(model):
 
 
 def test_by_default_views_bring_the_tiny_set_to_min_pairs(model):
-    """No ``views``: as many views as make 256 pairs, none for a set that large; an explicit
-    count, 0 included, is kept whatever the set's size."""
+    """No ``views``: a set smaller than one minibatch (32) gets as many views as make 256
+    pairs, a larger set none; an explicit count, 0 included, is kept whatever the size."""
     planned = fxprune.plan(model, Options(), input_size=SIZE)
     assert planned.as_json()["recovery"]["views"] is None
-    assert "identity start, augmented views up to 256 pairs" in str(planned)
-    assert [planned.recovery.config(0, images).views for images in (1, 10, 50, 255, 256, 900)] \
-        == [255, 25, 5, 1, 0, 0]
+    assert "identity start, augmented views up to 256 pairs for a small set" in str(planned)
+    assert [planned.recovery.config(0, images).views for images in (1, 10, 30, 31, 32, 50)] \
+        == [255, 25, 8, 8, 0, 0]
     assert Recovery(views=0).config(0, 10).views == 0
     assert Recovery(views=3, mix=True).config(0, 900).views == 3
 

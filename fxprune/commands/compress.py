@@ -18,6 +18,7 @@ from fxprune.options import (Decouple, Drop, FilterPruning, Options, Placement, 
                              Schedule, Sparsity, StreamPruning)
 from fxprune.recovery.finetune import OBJECTIVES, FinetuneConfig
 from fxprune.recovery.practise import INITS, SCHEDULES, RecoveryConfig
+from fxprune.recovery.fit import RECOVERY_BATCH
 from fxprune.recovery.views import MIN_PAIRS
 from fxprune.report import Report
 from fxprune.selection import STRATEGIES
@@ -89,8 +90,9 @@ def register(commands) -> None:
                              "closed form only")
     parser.add_argument("--views", type=int, metavar="N",
                         help="add N augmented copies of the tiny set (crop + flip) as extra "
-                             f"label-free training pairs (default: enough for {MIN_PAIRS} "
-                             "pairs: 25 for 10 images, 5 for 50, none from 256 images)")
+                             f"label-free training pairs (default: for a set of fewer than "
+                             f"{RECOVERY_BATCH} images, enough for {MIN_PAIRS} pairs: 25 for "
+                             "10 images, 8 for 30; none for larger sets)")
     parser.add_argument("--mix", action="store_true",
                         help="blend each augmented view with another image of the set")
     parser.add_argument("--init", choices=INITS,

@@ -17,6 +17,10 @@ from tqdm.auto import tqdm
 from fxprune.segments import as_list
 
 
+# Images per Adam step of the default recovery (and of the brief one that scores blocks).
+RECOVERY_BATCH = 32
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """How adapters are trained. The paper (v1): Adam, lr 1e-4, batch 64, up to 1000 epochs,

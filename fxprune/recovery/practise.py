@@ -59,7 +59,8 @@ from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, 
                            to_digraph)
 from fxprune.meta import adapter_site, prune_group, stand_in
 from fxprune.recovery.bn_stats import BN_STATS, reestimate_batchnorm
-from fxprune.recovery.fit import FitConfig, channels_last, fit, set_batchnorm_training
+from fxprune.recovery.fit import (RECOVERY_BATCH, FitConfig, channels_last, fit,
+                                  set_batchnorm_training)
 from fxprune.recovery.frozen import training_segment
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.targets import (TeacherStages, stage_outputs, student_targets,
@@ -75,8 +76,6 @@ MAX_GRAM_SIDE = 64 * 65
 # Gradient steps, layer-wise, for what the closed form leaves (fit=None): masked convs, the
 # shrinking adapter and BN of a pruned map, adapters too wide for the Gram.
 CLOSED_FORM_FALLBACK = FitConfig(lr=1e-3, max_steps=300, patience=20)
-# Images per Adam step of the default recovery (and of the brief one that scores blocks).
-RECOVERY_BATCH = 32
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from fxprune.errors import FxpruneWarning
 from fxprune.graph import named_modules, recovery_nodes
 from fxprune.meta import adapter_site, stand_in
 from fxprune.options import Drop, Options, Recovery
-from fxprune.recovery.fit import FitConfig, channels_last
-from fxprune.recovery.practise import RECOVERY_BATCH, RecoveryConfig, recover
+from fxprune.recovery.fit import RECOVERY_BATCH, FitConfig, channels_last
+from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.recovery.targets import teacher_stages
 from fxprune.segments import run_batched, segment
 from fxprune.threads import torch_threads
