@@ -177,6 +177,12 @@ tiny-set agreement 91 % instead of 95 %: less overfitting, steadier, no higher m
 - ResNet-56 (50 images, 150 steps at lr 2e-3, 3 seeds): views, mixed views and inner \
 adapters all stay within one standard deviation of `keep` (best lossless: inner 92.13 +- \
 0.26 vs 91.84 +- 0.39; best JPEG: views4 and mix4 81.85 vs 81.44).
+- Minibatches of 32 (the new default, `150@0.002,b32`), ResNet-56, 50 images, 3 seeds: keep \
+91.74 +- 0.45 lossless, 81.43 +- 0.42 JPEG; with 5 views 91.64 +- 0.64 and 81.63 +- 0.40 — \
+within one std, so a set that fills minibatches gets no views by default. Sets smaller than \
+a minibatch gain from views: ResNet-56-50% filter pruning, 10 / 20 / 30 images, points lost \
+7.57 -> 5.18 (24 views) / 5.15 -> 3.93 (16) / 4.10 -> 3.54 (16), 3 seeds \
+(`tools/results/filter_views.md`); the default now adds views up to 256 pairs below 32 images.
 - Seconds of the first effnet `recover` row and of ResNet-56 `paired` seed 0 include minutes \
 for which the process was stopped (SIGSTOP from outside): not comparable. Rows marked \
 `-unscaled` ran before the width-scaled rate."""
