@@ -46,7 +46,9 @@ from fxprune.threads import torch_threads
 # Not halved with the default recovery (issue 18): 10 steps at lr 2e-3 rank the 27 ResNet-56
 # blocks alone alike (Spearman 0.99) and score 1.6x faster, but greedy at budget 0.657 (seed 0)
 # then took block 1.3 for 3.3, and the recovered network lost 0.9 points (91.05 vs 91.94 %).
-# Minibatches of 16, half the final recovery's: a score only ranks candidates.
+# Minibatches of 16, half the final recovery's: a score only ranks candidates (ResNet-56,
+# budget 0.657, 50 images, 5 seeds: 71.6 s and top-1 90.58 ± 0.55 against 99.8 s and
+# 90.23 ± 1.00 with minibatches of 32; tools/results/speed.md).
 SCORING_BATCH = RECOVERY_BATCH // 2
 BRIEF_RECOVERY = RecoveryConfig(fit=FitConfig(lr=1e-3, max_steps=20, patience=5,
                                                 batch_size=SCORING_BATCH))
