@@ -86,13 +86,14 @@ class _Training:
         self.labels = labels.to(device) if labels is not None else None
         self.phases: dict[str, float] = {}
         self.recovered: fx.GraphModule | None = None
+        # the engine's recovery settings for this tiny set (its size decides the views)
+        self.config = plan.recovery.config(plan.seed, len(images)) if plan.recovery else None
 
     def recover(self, progress: bool) -> list[StepReport]:
-        if self.plan.recovery is None:
+        if self.config is None:
             return []
         tick = time.perf_counter()
-        steps = run_recovery(self.teacher, self.student, self.images,
-                             self.plan.recovery.config(self.plan.seed, len(self.images)),
+        steps = run_recovery(self.teacher, self.student, self.images, self.config,
                              progress=progress)
         self.phases["recover"] = time.perf_counter() - tick
         return steps
@@ -144,8 +145,8 @@ def execute(plan: CompressionPlan, images: torch.Tensor, labels: torch.Tensor | 
         finetune=plan.finetune.objective if plan.finetune is not None else "none",
         placement=str(plan.placement) if plan.placement else None,
         schedule=str(plan.recovery.schedule) if plan.recovery else None,
-        init=plan.recovery.config(plan.seed).init if plan.recovery else None,
-        views=plan.recovery.config(plan.seed, len(images)).views if plan.recovery else None,
+        init=training.config.init if training.config else None,
+        views=training.config.views if training.config else None,
         device=str(device), plan=plan.as_json(), models=models, recovery_steps=steps,
         phases=training.phases, seconds=plan.seconds + time.perf_counter() - start,
         auto=plan.selection)

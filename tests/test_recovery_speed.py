@@ -118,7 +118,6 @@ def test_batch_statistics_keep_the_whole_segment(student, monkeypatch):
             config, progress=False)
 
 
-
 def test_wide_weights_train_at_a_rate_scaled_by_their_width():
     """Adam moves every entry by about the rate, so a wider map's output moves more: a weight
     reading more than ``reference_width`` inputs gets the rate times reference / inputs."""
