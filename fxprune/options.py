@@ -177,6 +177,8 @@ class Recovery:
     # (recovery/views.py)
     views: int | None = None
     mix: bool = False  # those views blended with another image
+    # the fraction of the tiny set kept out of training to judge (and stop) each fit
+    holdout: float = 0.0
     fit: FitConfig | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -185,6 +187,9 @@ class Recovery:
             raise FxpruneError(f"--steps must be >= 0, not {self.steps}")
         if self.views is not None and self.views < 0:
             raise FxpruneError(f"--views must be >= 0, not {self.views}")
+        if not 0 <= self.holdout < 1:
+            raise FxpruneError(f"--holdout is a fraction of the tiny set in [0, 1), not "
+                               f"{self.holdout}")
         if self.mix and self.views == 0:
             raise FxpruneError("--mix blends augmented views: it cannot go with --views 0")
         if self.steps == 0 and self.init != Init.LSTSQ:
@@ -211,7 +216,7 @@ class Recovery:
             fit = replace(fit, seed=seed)
         return RecoveryConfig(schedule=str(self.schedule), init=str(init), fit=fit,
                               views=views_for(images) if self.views is None else self.views,
-                              mix=self.mix)
+                              mix=self.mix, holdout=self.holdout)
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ class CompressionPlan:
                 "recovery": None if recovery is None else {
                     "schedule": str(recovery.schedule), "placement": str(recovery.sites),
                     "init": recovery.config(self.seed).init,
-                    "views": recovery.views, "mix": recovery.mix},
+                    "views": recovery.views, "mix": recovery.mix,
+                    "holdout": recovery.holdout},
                 "finetune": None if self.finetune is None else self.finetune.objective,
                 "seed": self.seed}
 
@@ -150,7 +151,9 @@ class CompressionPlan:
         lines.append("  recovery: none" if recovery is None else
                      f"  recovery: {recovery['schedule']}, {recovery['placement']} sites, "
                      f"{recovery['init']} start"
-                     + _views(recovery["views"], recovery["mix"]))
+                     + _views(recovery["views"], recovery["mix"])
+                     + (f", {recovery['holdout']:.0%} of the images held out to judge each fit"
+                        if recovery["holdout"] else ""))
         lines.append(f"  finetune: {described['finetune'] or 'none'}")
         return "\n".join(lines)
 

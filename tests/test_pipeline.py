@@ -75,6 +75,14 @@ def test_views_reach_the_recovery_and_the_plan(model):
     assert planned.as_json()["recovery"]["views"] == 2
 
 
+def test_a_holdout_reaches_the_recovery_and_the_plan(model):
+    planned = fxprune.plan(model, Options(recovery=Recovery(holdout=0.2)), input_size=SIZE)
+    assert planned.recovery.config(planned.seed, 50).holdout == 0.2
+    assert "20% of the images held out to judge each fit" in str(planned)
+    assert planned.as_json()["recovery"]["holdout"] == 0.2
+    assert "held out" not in str(fxprune.plan(model, Options(), input_size=SIZE))
+
+
 def test_by_default_views_bring_the_tiny_set_to_min_pairs(model):
     """No ``views``: a set smaller than one minibatch (32) gets as many views as make 256
     pairs, a larger set none; an explicit count, 0 included, is kept whatever the size."""
@@ -142,6 +150,7 @@ def test_baseline_finetune_needs_labels(model, images):
     (lambda: Options(recovery=Recovery(steps=0)), "needs --init lstsq"),
     (lambda: Options(recovery=Recovery(views=-1)), "--views must be >= 0"),
     (lambda: Options(recovery=Recovery(views=0, mix=True)), "cannot go with --views 0"),
+    (lambda: Options(recovery=Recovery(holdout=1.0)), "--holdout is a fraction"),
     (lambda: Options(drop=None, filters=fxprune.FilterPruning({"conv1": True})), "kept count"),
     (lambda: Options(drop=None, decouple=Decouple.lowrank(0.0)), "energy")])
 def test_bad_options_are_explained(model, images, options, message):

@@ -27,7 +27,8 @@ from fxprune.passes import PruneCoupledMaps, PruneFilters, folding
 from fxprune.resolve import explicit_counts
 from fxprune.recovery.finetune import FinetuneConfig
 from fxprune.recovery.fit import FitConfig
-from fxprune.recovery.practise import RecoveryConfig, _layer_groups, recover
+from fxprune.recovery.layer_groups import layer_groups
+from fxprune.recovery.practise import RecoveryConfig, recover
 from fxprune.recovery.targets import student_targets, teacher_stages
 from fxprune.segments import run_batched, segment
 from fxprune.tracing import example_input, trace
@@ -313,7 +314,7 @@ def test_layerwise_segments_start_where_the_stream_reads(network, stream, starts
     images = example_input((3, 16, 16), batch=8, seed=5, dtype=torch.float64)
     calibrate_and_randomize(teacher, images)
     student = PruneCoupledMaps({stream: 5})(trace(teacher, (3, 16, 16))).graph_module
-    assert [group[1] for group in _layer_groups(student)] == [starts]
+    assert [group[1] for group in layer_groups(student)] == [starts]
     reports = recover(teacher, student, images, RecoveryConfig(
         schedule="layerwise", fit=FitConfig(lr=1e-3, max_steps=30, patience=30)),
         progress=False)
@@ -325,7 +326,7 @@ def test_layerwise_trains_what_feeds_a_stream_first():
     gm = PruneCoupledMaps({"short": 8})(gm).graph_module
     gm = PruneFilters({"conv1": 8})(gm).graph_module
     groups = [(sorted({prune_group(node) for node in members}), convs)
-              for members, _, convs in _layer_groups(gm)]
+              for members, _, convs in layer_groups(gm)]
     assert groups == [(["conv1"], ["conv2"]), (["short"], ["head"])]
 
 

@@ -7,7 +7,7 @@ import torch
 
 from fxprune.recovery.fit import FitConfig
 from fxprune.recovery.practise import RecoveryConfig
-from fxprune.recovery.views import with_views
+from fxprune.recovery.views import blend, with_views
 
 
 @pytest.fixture
@@ -70,3 +70,15 @@ def test_recovery_fits_the_views_too(small_resnet, images):
             outputs[views] = student(images)
         assert torch.nn.functional.mse_loss(outputs[views], target) < start
     assert not torch.allclose(outputs[0], outputs[2])
+
+
+def test_blend_keeps_each_image_the_larger_part_of_a_blend_with_another():
+    images = torch.arange(4, dtype=torch.float64).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    blended = blend(images, torch.Generator().manual_seed(0))
+    for own, value in zip(range(4), blended[:, 0, 0, 0].tolist()):
+        partners = [other for other in range(4) if other != own]
+        weights = [(value - other) / (own - other) for other in partners]
+        assert any(0.5 <= weight <= 1.0 + 1e-12 for weight in weights), (own, value)
+        assert value != own  # always blended, never with itself
+    single = images[:1]
+    assert blend(single, torch.Generator().manual_seed(0)) is single

@@ -3,8 +3,8 @@
 Schemes: the paper's rule (1.2, 2.2, 3.2) and a deeper cut of 9 blocks (x.2-x.4 per stage).
 Tiny sets: N in {10, 50, 100, 500} lossless CIFAR-10 training images, N/10 per class, seeds 0-4.
 Methods: ``pruned`` (no recovery), ``baseline`` (Eq. 4 finetune of the pruned network, no
-adapters), ``practise`` (label-free adapter recovery, the default schedule), ``practise+ce-mse``
-and ``practise+mir`` (finetunes from the recovered student). Top-1 on the 1,017 lossless test
+adapters), ``practise`` (label-free adapter recovery, the default schedule), ``practise+ce-mse``,
+``practise+mir`` and ``practise+kd`` (finetunes from the recovered student). Top-1 on the 1,017 lossless test
 images and on the full 10,000-image JPEG test set; seconds per method (this machine, 2 cores).
 
 The run is resumable: every finished cell is appended to the JSON results at once, and a rerun
@@ -39,12 +39,12 @@ from fxprune.options import Drop, Options  # noqa: E402
 from fxprune.passes import FoldBatchNorm, folding  # noqa: E402
 from fxprune.recovery.finetune import FinetuneConfig, finetune  # noqa: E402
 from fxprune.recovery.practise import recover  # noqa: E402
-from tools.harness import add_run_arguments, open_results  # noqa: E402
+from tools.harness import RUN_KEY, add_run_arguments, open_results  # noqa: E402
 
 SCHEMES = {"3": ["1.2", "2.2", "3.2"],
            "9": ["1.2", "1.3", "1.4", "2.2", "2.3", "2.4", "3.2", "3.3", "3.4"]}
 SIZES = (50, 10, 100, 500)
-METHODS = ("pruned", "baseline", "practise", "practise+ce-mse", "practise+mir")
+METHODS = ("pruned", "baseline", "practise", "practise+ce-mse", "practise+mir", "practise+kd")
 RESULTS = ROOT / "tools" / "results" / "cifar_resnet56"
 RECOVERY_SEED = 0  # the published rows shuffle every recovery fit with seed 0, whatever the set
 
@@ -122,6 +122,7 @@ def summarize(results: dict) -> str:
              "`.venv/bin/python tools/bench_cifar.py` — top-1 % mean ± std over seeds "
              "(n = seeds done); lossless = 1,017 exact test images, jpeg = all 10,000 test "
              "images as JPEG q75; seconds on this 2-core CPU.", "",
+             *_commands(results),
              f"Original: lossless {results['original']['lossless']:.2f}, jpeg "
              f"{results['original']['jpeg']:.2f}.", ""]
     for scheme in SCHEMES:
@@ -142,6 +143,15 @@ def summarize(results: dict) -> str:
                                  f"{_seconds(cells)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _commands(results: dict) -> list[str]:
+    """The commands that measured the rows, as the rows record them (``tools.harness``)."""
+    commands = sorted({row[RUN_KEY]["command"] for rows in results["cells"].values()
+                       for row in rows.values() if RUN_KEY in row})
+    return [f"Rows measured by: {', '.join(f'`{command}`' for command in commands)}; the "
+            "methods not re-run since issue 19 are in `cifar_resnet56_before.md`.", ""] \
+        if commands else []
 
 
 def _seconds(cells: list[dict]) -> str:

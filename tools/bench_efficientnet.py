@@ -10,9 +10,9 @@ residuals, recovered layer-wise; ``streams-stagewise``: the same, recovered stag
 Reported per choice: top-1 and
 agreement with the original on the held-out images for the pruned (no recovery) and the
 recovered network, the MAC ratio, the ONNX Runtime latency ratio (batch 1, one thread,
-interleaved) and seconds. Recovery: the default stage-wise PRACTISE with ``--steps`` Adam steps
-per stage (default 100: 224x224 inputs make each step ~50x a CIFAR step on this CPU); for
-``streams``, layer-wise with ``--steps`` steps per stream.
+interleaved) and seconds. Recovery: fxprune's default (stage-wise PRACTISE; for ``streams``,
+layer-wise), or with ``--steps`` Adam steps per fit at lr 1e-3 in minibatches of 64 (how the
+rows in ``efficientnet_lite0_before.md`` ran, with 100 steps).
 
     .venv/bin/python tools/bench_efficientnet.py [--sizes 100 500] [--seeds 0] [--steps 100]
                                                  [--threads T]
@@ -36,7 +36,8 @@ from fxprune.datasets import open_pool, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from fxprune.export import export_onnx  # noqa: E402
 from fxprune.latency import bench_input, onnx_runner, paired_ratios  # noqa: E402
-from fxprune.options import Drop, Options, Recovery, Schedule, StreamPruning  # noqa: E402
+from fxprune.options import (DEFAULT_FIT, Drop, Options, Recovery, Schedule,  # noqa: E402
+                             StreamPruning)
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.selection.auto import whole_ratio  # noqa: E402
 from tools.harness import add_run_arguments, open_results  # noqa: E402
@@ -50,7 +51,9 @@ CHOICES = {  # what each choice compresses, and the schedule that recovers it
     "streams-stagewise": (dict(drop=None, streams=StreamPruning(STREAM_RATIO)),
                           Schedule.STAGEWISE)}
 RESULTS = ROOT / "tools" / "results" / "efficientnet_lite0"
-COMMAND = "`.venv/bin/python tools/bench_efficientnet.py --threads 1`"
+COMMAND = ("`.venv/bin/python tools/bench_efficientnet.py --sizes 100 500 --seeds 0 1 2 "
+           "--choices rule --threads 1` and `... --sizes 500 --seeds 0 --choices auto "
+           "--threads 1`")
 
 
 class Bench:
@@ -82,9 +85,8 @@ class Bench:
         draw = torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(seed))
         tiny = self.images[self.pool[draw[:size]]]
         compression, schedule = CHOICES[choice]
-        fit = FitConfig(lr=1e-3, max_steps=steps, patience=20)
-        options = Options(**compression, recovery=Recovery(schedule=schedule, fit=fit),
-                          seed=seed)
+        fit = {} if steps is None else {"fit": FitConfig(lr=1e-3, max_steps=steps, patience=20)}
+        options = Options(**compression, recovery=Recovery(schedule=schedule, **fit), seed=seed)
         tick = time.perf_counter()
         result = fxprune.compress(self.loaded.model, tiny, self.size, options, progress=False)
         seconds = time.perf_counter() - tick
@@ -98,7 +100,8 @@ class Bench:
                 "pruned": self.scores(result.pruned),
                 "recovered": self.scores(result.model),
                 "mac_ratio": models["compressed"].macs / models["original"].macs,
-                "latency_ratio": latency, "seconds": seconds, "steps": steps,
+                "latency_ratio": latency, "seconds": seconds,
+                "steps": steps or DEFAULT_FIT.max_steps,
                 "threads": torch.get_num_threads(), "auto": report.as_json()["auto"]}
 
 
@@ -134,7 +137,9 @@ def main(argv=None) -> None:
     parser.add_argument("--choices", nargs="+",
                         choices=list(CHOICES),
                         default=["rule", "auto"])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Adam steps per fit at lr 1e-3, batch 64 (default: fxprune's "
+                             "default recovery)")
     add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
     file, results = open_results(args, summarize, "tools/bench_efficientnet.py", argv)

@@ -3,7 +3,8 @@ drop at about the same MAC ratio on the same images.
 
 ResNet-56-50% prunes half the filters (L1 norm) of the inner feature map of every basic block.
 Methods: ``L1`` (no recovery), ``baseline`` (Eq. 4 finetune of the L1-pruned network),
-``practise`` (label-free stage-wise recovery of the Fig. 2 adapters), ``practise+ce-mse``;
+``practise`` (label-free stage-wise recovery of the Fig. 2 adapters), ``practise+ce-mse``,
+``practise+kd`` (then the label-free ``kd`` finetune: every weight, the original's logits);
 and the same two PRACTISE rows for 13 dropped blocks (x.2, x.4, x.6, x.8 and 3.9). Top-1 on
 the 1,017 lossless test images, seeds 0-4; at the end, ONNX Runtime latency of the two
 compressed networks interleaved (batch 64, one thread). Resumable like ``bench_cifar.py``.
@@ -41,6 +42,7 @@ DROP = ["1.2", "1.4", "1.6", "1.8", "2.2", "2.4", "2.6", "2.8", "3.2", "3.4", "3
 SCHEMES = {"filters 50%": dict(drop=None, filters=FilterPruning(0.5)),
            "13 blocks": dict(drop=Drop.blocks(*DROP))}
 CE_MSE = FinetuneConfig("ce-mse")
+KD = FinetuneConfig("kd")
 RESULTS = ROOT / "tools" / "results" / "cifar_resnet56_filter"
 COMMAND = "`.venv/bin/python tools/bench_filters.py --sizes 10 20 30 --seeds 0 1 2 --threads 2`"
 
@@ -78,6 +80,9 @@ class Bench:
         if "baseline" not in rows:
             torch.manual_seed(seed)
             _, rows["baseline"] = self.run(images, labels, seed, None, CE_MSE, "filters 50%")
+        if "practise+kd" not in rows:
+            torch.manual_seed(seed)
+            _, rows["practise+kd"] = self.run(images, None, seed, Recovery(), KD, "filters 50%")
         for prefix, scheme in (("", "filters 50%"), ("13 blocks: ", "13 blocks")):
             if f"{prefix}practise+ce-mse" in rows:
                 continue
@@ -124,7 +129,7 @@ def summarize(results: dict) -> str:
              f"{pruned['13 blocks']:.2f}.", "",
              "| images | method | n | top-1 | loss vs original | seconds |",
              "|---|---|---|---|---|---|"]
-    methods = ["baseline", "practise", "practise+ce-mse", "13 blocks: practise",
+    methods = ["baseline", "practise", "practise+ce-mse", "practise+kd", "13 blocks: practise",
                "13 blocks: practise+ce-mse"]
     for size in sorted({int(key.split("/")[0]) for key in results["cells"]}):
         for method in methods:

@@ -36,6 +36,7 @@ from fxprune.datasets import open_pool, sample, to_tensor  # noqa: E402
 from fxprune.evaluate import percent_equal, predictions  # noqa: E402
 from fxprune.passes import folding  # noqa: E402
 from fxprune.recovery.bn_stats import BN_STATS, reestimate_batchnorm  # noqa: E402
+from fxprune.recovery.finetune import FinetuneConfig, finetune  # noqa: E402
 from fxprune.recovery.fit import FitConfig  # noqa: E402
 from fxprune.recovery.practise import RecoveryConfig, recover  # noqa: E402
 from tools.harness import add_run_arguments, open_results  # noqa: E402
@@ -102,24 +103,29 @@ class Bench:
         return row
 
 
-VARIANT_PARTS = r"(views|mix)(\d+)|(paper|cvpr|inner)"
+VARIANT_PARTS = r"(views|mix)(\d+)|(paper|cvpr|inner)|kd(\d*)|hold(\d+)"
 
 
 def parse_variant(variant: str) -> dict:
-    """``BN[+viewsN|+mixN][+PLACEMENT]`` -> BN statistics, augmented views, mixed, adapter
-    placement (default cvpr)."""
+    """``BN[+viewsN|+mixN][+PLACEMENT][+holdP][+kd[STEPS]]`` -> BN statistics, augmented
+    views, mixed, adapter placement (default cvpr), the percentage of the tiny set held out
+    to judge each fit, steps of the ``kd`` finetune after recovery (0: none)."""
     bn, *extras = variant.split("+")
     matches = [re.fullmatch(VARIANT_PARTS, extra) for extra in extras]
     if bn not in BN_STATS or None in matches:
         raise argparse.ArgumentTypeError(
             f"variant '{variant}': BN statistics {'|'.join(BN_STATS)}, then optionally "
-            "+viewsN or +mixN and +paper|cvpr|inner")
-    parsed = {"bn": bn, "views": 0, "mix": False, "placement": "cvpr"}
+            "+viewsN or +mixN, +paper|cvpr|inner, +holdP and +kd[STEPS]")
+    parsed = {"bn": bn, "views": 0, "mix": False, "placement": "cvpr", "kd": 0, "hold": 0}
     for match in matches:
         if match.group(1):
             parsed.update(views=int(match.group(2)), mix=match.group(1) == "mix")
-        else:
+        elif match.group(3):
             parsed["placement"] = match.group(3)
+        elif match.group(5):
+            parsed["hold"] = int(match.group(5))
+        else:
+            parsed["kd"] = int(match.group(4) or FinetuneConfig("kd").max_steps)
     return parsed
 
 
@@ -132,8 +138,12 @@ def run_cell(bench: Bench, kind: str, variant: str, size: int, seed: int, steps:
     reestimate_batchnorm(bench.teacher, student, tiny, parsed["bn"])
     if kind == "recover":
         fit = FitConfig(lr=lr, max_steps=steps, patience=20, seed=seed, batch_size=batch)
-        config = RecoveryConfig(fit=fit, views=parsed["views"], mix=parsed["mix"])
+        config = RecoveryConfig(fit=fit, views=parsed["views"], mix=parsed["mix"],
+                                holdout=parsed["hold"] / 100)
         recover(bench.teacher, student, tiny, config, progress=False)
+    if parsed["kd"]:
+        finetune(bench.teacher, student, tiny, None,
+                 FinetuneConfig("kd", max_steps=parsed["kd"], seed=seed), progress=False)
     seconds = time.perf_counter() - tick
     model = folding()(student).graph_module.eval()
     # agreement on the tiny set itself: high there and low on held-out images is overfitting
@@ -210,6 +220,9 @@ def summarize(results: dict) -> str:
              "copies of the tiny set (crop + flip) added as training pairs; `+mixN`: the same, "
              "each blended with another image (weight 0.5–1 on its own); `+inner`: adapters "
              "also before the last conv of the stage's other blocks (`fxprune.analysis.sites`)."
+             " `+kdS`: then the label-free `kd` finetune (`--finetune kd`: every weight "
+             "trains on the original's logits, Adam lr 2e-5, minibatches of 32, S steps, "
+             "each a crop + flip blended with another image)."
              " `tiny set (…)`: agreement with the original on the tiny set itself.", "",
              FINDINGS, "",
              *(f"Original {model}: " + ", ".join(f"{name} {value:.2f}" for name, value in

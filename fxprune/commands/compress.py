@@ -72,7 +72,8 @@ def register(commands) -> None:
                              "layerwise schedule, cvpr otherwise; inner: cvpr and before the "
                              "last conv of the stage's other blocks)")
     parser.add_argument("--finetune", choices=("none", *OBJECTIVES), default="none",
-                        help="then train every weight: ce-mse = labels + feature mimicking "
+                        help="then train every weight: kd = the original's logits on "
+                             "blended views, label-free; ce-mse = labels + feature mimicking "
                              "(paper's Eq. 4), mse = feature mimicking only, mir = pre-pooling "
                              "features with BN in train mode (CVPR'23 code); default none")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
@@ -95,6 +96,11 @@ def register(commands) -> None:
                              "10 images, 8 for 30; none for larger sets)")
     parser.add_argument("--mix", action="store_true",
                         help="blend each augmented view with another image of the set")
+    parser.add_argument("--holdout", type=float, default=0.0, metavar="F",
+                        help="keep this fraction of the tiny set (its last images) out of "
+                             "adapter training, to judge each fit and stop it where those "
+                             "images are matched best, e.g. 0.2 (default 0: the training "
+                             "loss judges)")
     parser.add_argument("--init", choices=INITS,
                         help="adapter start: identity, or the closed-form layer-wise optimum "
                              "(default: identity; lstsq with no gradient step for --schedule "
@@ -151,7 +157,7 @@ def _given(option: type, value):
 def _recovery(args: argparse.Namespace) -> Recovery | None:
     recovery = Recovery(schedule=Schedule(args.schedule), placement=args.placement,
                         init=args.init, steps=args.steps, views=args.views,
-                        mix=args.mix)  # checked even when unused
+                        mix=args.mix, holdout=args.holdout)  # checked even when unused
     return recovery if args.recover == "practise" else None
 
 

@@ -92,18 +92,26 @@ def trainable(module: nn.Module, parameters: Sequence[nn.Parameter]):
             parameter.requires_grad_(flag)
 
 
+Pairs = tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]  # (inputs, targets)
+
+
 def fit(module: nn.Module, parameters: Sequence[nn.Parameter], inputs: Sequence[torch.Tensor],
         targets: Sequence[torch.Tensor], config: FitConfig, description: str = "fit",
-        progress: bool = True) -> list[float]:
+        progress: bool = True, validation: Pairs | None = None) -> list[float]:
     """Adam on ``parameters`` of ``module`` so that ``module(*inputs)`` matches ``targets``.
 
     Minibatches are drawn without replacement per epoch from a generator seeded by
     ``config.seed``; at most ``config.max_steps`` optimizer steps run. The parameters (and
     ``module``'s buffers, such as BN statistics in train mode) end as they were at the start
     of the epoch with the lowest training loss — the start of the first epoch included, so
-    training never ends worse than it began. Returns the loss of every epoch."""
+    training never ends worse than it began. With ``validation`` (inputs and targets never
+    trained on), the loss on those pairs judges instead, measured at the start of every epoch
+    and after the last: training never ends worse *on them* than it began, and stops once they
+    have not improved for ``config.patience`` epochs. Returns the training loss of every
+    epoch."""
     with trainable(module, parameters):
-        return _run(module, list(parameters), inputs, targets, config, description, progress)
+        return _run(module, list(parameters), inputs, targets, config, description, progress,
+                    validation)
 
 
 def _rate(parameter: torch.Tensor, config: FitConfig) -> float:
@@ -118,7 +126,19 @@ def _snapshot(parameters, buffers) -> list[torch.Tensor]:
     return [tensor.detach().clone() for tensor in (*parameters, *buffers)]
 
 
-def _run(module, parameters, inputs, targets, config, description, progress) -> list[float]:
+def _validation_loss(module, validation: Pairs, batch_size: int) -> float:
+    inputs, targets = validation
+    count, total = len(inputs[0]), 0.0
+    with torch.no_grad():
+        for begin in range(0, count, batch_size):
+            part = slice(begin, begin + batch_size)
+            outputs = as_list(module(*(x[part] for x in inputs)))
+            total += mse(outputs, [t[part] for t in targets]).item() * len(inputs[0][part])
+    return total / count
+
+
+def _run(module, parameters, inputs, targets, config, description, progress, validation
+         ) -> list[float]:
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam([{"params": [parameter], "lr": _rate(parameter, config)}
                                   for parameter in parameters])
@@ -133,6 +153,8 @@ def _run(module, parameters, inputs, targets, config, description, progress) -> 
             break
         # The epoch's loss is measured along the way, mostly with these starting values.
         start_state = _snapshot(parameters, buffers)
+        judged = None if validation is None else \
+            _validation_loss(module, validation, config.batch_size)
         order = torch.randperm(count, generator=generator)
         total, seen = 0.0, 0
         for begin in range(0, count, config.batch_size):
@@ -147,12 +169,16 @@ def _run(module, parameters, inputs, targets, config, description, progress) -> 
             total, seen = total + loss.item() * len(index), seen + len(index)
         history.append(total / seen)
         bar.set_postfix(loss=f"{history[-1]:.4g}")
-        if history[-1] < best_loss:
-            best_loss, best_state, since_best = history[-1], start_state, 0
+        judged = history[-1] if judged is None else judged
+        if judged < best_loss:
+            best_loss, best_state, since_best = judged, start_state, 0
         else:
             since_best += 1
             if since_best >= config.patience:
                 break
+    if validation is not None and \
+            _validation_loss(module, validation, config.batch_size) < best_loss:
+        best_state = None  # the state after the last epoch is the best: keep it
     if best_state is not None:
         with torch.no_grad():
             for tensor, value in zip((*parameters, *buffers), best_state):

@@ -40,7 +40,9 @@ BN layers are kept in eval mode (running statistics fixed) unless ``bn="train"``
 choice, where they normalise with batch statistics and update their running statistics while
 the adapters train. Before any training, ``bn_stats`` may re-estimate the running statistics
 of the damaged student on the tiny set (``fxprune.recovery.bn_stats``), and ``views`` adds
-augmented copies of the tiny set as training pairs (``fxprune.recovery.views``).
+augmented copies of the tiny set as training pairs (``fxprune.recovery.views``). With
+``holdout``, the last images of the set are kept out of every fit and judge it instead of the
+training loss (``fit``'s validation).
 """
 
 from __future__ import annotations
@@ -49,19 +51,18 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
-import networkx as nx
 import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
 from fxprune.errors import PreconditionError
-from fxprune.graph import (adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes,
-                           to_digraph)
+from fxprune.graph import adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes
 from fxprune.meta import adapter_site, prune_group, stand_in
 from fxprune.recovery.bn_stats import BN_STATS, reestimate_batchnorm
 from fxprune.recovery.fit import (RECOVERY_BATCH, FitConfig, channels_last, fit,
                                   set_batchnorm_training)
 from fxprune.recovery.frozen import training_segment
+from fxprune.recovery.layer_groups import layer_groups
 from fxprune.recovery.lstsq import solve_after_conv, solve_before_conv
 from fxprune.recovery.targets import (TeacherStages, stage_outputs, student_targets,
                                       teacher_stages)
@@ -93,6 +94,8 @@ class RecoveryConfig:
     eval_batch_size: int = 256
     views: int = 0  # augmented copies of the tiny set added as training pairs (views.py)
     mix: bool = False  # views also blended with another image of the set
+    # the fraction of the tiny set (its last images) kept out of training to judge each fit
+    holdout: float = 0.0
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -107,6 +110,18 @@ class RecoveryConfig:
             raise ValueError(f"views must be at least 0, not {self.views}")
         if self.bn_stats not in BN_STATS:
             raise ValueError(f"bn_stats must be one of {BN_STATS}, not '{self.bn_stats}'")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be in [0, 1), not {self.holdout}")
+        if self.holdout and self.bn == "train":
+            raise ValueError("a holdout is judged in eval mode; it cannot go with bn='train' "
+                             "(a forward pass would update the running statistics)")
+
+    def held_out(self, images: int) -> int:
+        """How many of ``images`` images the holdout keeps out of training (at least one
+        when there is a holdout, and never all)."""
+        if not self.holdout:
+            return 0
+        return min(max(1, round(self.holdout * images)), images - 1)
 
 
 @dataclass
@@ -133,10 +148,11 @@ def _parameters(gm: fx.GraphModule, nodes: list[fx.Node]) -> list[nn.Parameter]:
     return [parameter for node in nodes for parameter in modules[node.target].parameters()]
 
 
-def _train(student, teacher_features, inputs, adapters, targets, config, progress
+def _train(student, teacher_features, inputs, adapters, targets, config, progress, held
            ) -> StepReport:
     """Fit ``adapters`` so that segment ``inputs -> targets`` of the student matches
-    ``teacher_features`` (``inputs``: node names and their features)."""
+    ``teacher_features`` (``inputs``: node names and their features); the last ``held``
+    rows only judge the fit (``fit``'s validation)."""
     start = time.perf_counter()
     module = segment(student, inputs[0], targets)
     before = _losses(module, inputs[1], teacher_features, config.eval_batch_size)
@@ -146,8 +162,13 @@ def _train(student, teacher_features, inputs, adapters, targets, config, progres
                                            {node.name for node in adapters},
                                            config.eval_batch_size)
     set_batchnorm_training(student, config.bn == "train")
-    history = fit(trained, _parameters(student, adapters), starts, teacher_features,
-                  config.fit, description=f"adapters -> {','.join(targets)}", progress=progress)
+    cut = len(starts[0]) - held
+    validation = ([x[cut:] for x in starts], [t[cut:] for t in teacher_features]) \
+        if held else None
+    history = fit(trained, _parameters(student, adapters), [x[:cut] for x in starts],
+                  [t[:cut] for t in teacher_features], config.fit,
+                  description=f"adapters -> {','.join(targets)}", progress=progress,
+                  validation=validation)
     student.eval()
     after = _losses(module, inputs[1], teacher_features, config.eval_batch_size)
     return StepReport(",".join(targets), [node.name for node in adapters], before, after,
@@ -184,23 +205,26 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
     elif config.fit is not None:
         _check_layerwise(student)
     reestimate_batchnorm(teacher, student, images, config.bn_stats)
-    images = with_views(images, config.views, config.mix,
-                        config.fit.seed if config.fit is not None else 0)
+    held = config.held_out(len(images))
+    trained_on = with_views(images[:len(images) - held], config.views, config.mix,
+                            config.fit.seed if config.fit is not None else 0)
+    images = torch.cat([trained_on, images[len(images) - held:]]) if held else trained_on
     untrained = {node.name for node in recovery_nodes(student)} - set(trained)
     with channels_last(teacher, student):
         images = images.contiguous(memory_format=torch.channels_last)
-        reports, solved = _solve_layerwise(teacher, student, images, config, progress,
-                                           untrained) \
+        reports, solved = _solve_layerwise(teacher, student, images[:len(images) - held],
+                                           config, progress, untrained) \
             if config.init == "lstsq" else ([], set())
         if config.fit is None:  # what the closed form does not cover still trains, layer-wise
             fallback = replace(config, fit=CLOSED_FORM_FALLBACK)
             return reports + _layerwise(teacher, student, images, fallback, progress,
-                                        untrained - solved)
+                                        untrained - solved, held)
         if config.schedule == "layerwise":
-            return reports + _layerwise(teacher, student, images, config, progress, untrained)
+            return reports + _layerwise(teacher, student, images, config, progress, untrained,
+                                        held)
         stages = stages or teacher_stages(teacher, images, config.eval_batch_size, outputs)
         schedule = _joint if config.schedule == "joint" else _stagewise
-        return reports + schedule(student, stages, images, config, progress, untrained)
+        return reports + schedule(student, stages, images, config, progress, untrained, held)
 
 
 def _closed_form(node: fx.Node, modules) -> bool:
@@ -249,13 +273,14 @@ def _solve_layerwise(teacher, student, images, config, progress, only: set[str]
     return reports, {node.name for node in solvable}
 
 
-def _joint(student, stages, images, config, progress, only: set[str]) -> list[StepReport]:
+def _joint(student, stages, images, config, progress, only: set[str], held: int
+           ) -> list[StepReport]:
     outputs, targets = student_targets(student, stages)
     adapters = [node for node in recovery_nodes(student) if node.name in only]
     if not adapters:
         return []
     return [_train(student, targets, ([_input_name(student)], [images]), adapters, outputs,
-                   config, progress)]
+                   config, progress, held)]
 
 
 def _check_layerwise(student) -> None:
@@ -279,7 +304,7 @@ def _check_stage_schedule(student, outputs: tuple[str, ...]) -> None:
                                 f"{', '.join(outside)}")
 
 
-def _stagewise(student, stages, images, config, progress, only: set[str]
+def _stagewise(student, stages, images, config, progress, only: set[str], held: int
                ) -> list[StepReport]:
     student_outputs, targets = student_targets(student, stages)
     order = {node.name: index for index, node in enumerate(student.graph.nodes)}
@@ -294,77 +319,19 @@ def _stagewise(student, stages, images, config, progress, only: set[str]
         inside = [node for node in adapters if lower < order[node.name] < upper]
         if inside:
             reports.append(_train(student, [target], ([source], [features]), inside,
-                                  [output], config, progress))
+                                  [output], config, progress, held))
         features = run_batched(segment(student, [source], [output]), [features],
                                config.eval_batch_size)[0]
         source, lower = output, upper
     return reports
 
 
-def _layer_groups(student: fx.GraphModule) -> list[tuple[list[fx.Node], list[str], list[str]]]:
-    """(nodes trained together, the nodes the segment starts from, the convs whose outputs
-    are mimicked), in topological order: an adapter before a conv alone; a pruned map's
-    adapters and BN together, from its producers' inputs to all its consumers (one of each
-    for ``PruneFilters``, a whole residual stream for ``PruneCoupledMaps``); a masked conv
-    alone, against the teacher's output of that conv."""
-    trained = recovery_nodes(student)
-    masked = set(masked_nodes(student))
-    nodes = {node.name: node for node in student.graph.nodes}
-    graph = to_digraph(student.graph)
-    groups, seen = [], set()
-    for node in trained:
-        group = prune_group(node)
-        if node in masked:  # its own output mimics the teacher conv's
-            groups.append(([node], [node.args[0].name], [node.name]))
-        elif group is None:
-            groups.append(([node], [node.args[0].name], [next(iter(node.users)).name]))
-        elif group not in seen:
-            seen.add(group)
-            members = [other for other in trained if prune_group(other) == group]
-            sites = [site for other in members if (site := adapter_site(other)) is not None]
-            consumers = [site.conv for site in sites if site.side == "input"]
-            producers = [site.conv for site in sites if site.side == "output"]
-            groups.append((members, _cut(graph, nodes, producers, consumers), consumers))
-    return _upstream_first(graph, groups)
-
-
-def _cut(graph: nx.DiGraph, nodes: dict[str, fx.Node], producers: list[str],
-         consumers: list[str]) -> list[str]:
-    """The nodes a segment from the producers to the consumers starts from: every input of
-    the region between them (downstream of a producer, upstream of a consumer) that lies
-    outside it, in graph order — a producer's input, and whatever else the region reads."""
-    downstream = set(producers).union(*(nx.descendants(graph, name) for name in producers))
-    upstream = set(consumers).union(*(nx.ancestors(graph, name) for name in consumers))
-    region = downstream & upstream
-    inputs = {source.name for name in region for source in nodes[name].all_input_nodes
-              if source.name not in region and source.op != "get_attr"}
-    return [name for name in nodes if name in inputs]
-
-
-def _upstream_first(graph: nx.DiGraph, groups: list) -> list:
-    """``groups`` reordered so that a group whose member feeds another group's segment inputs
-    trains first (a stream's first adapter may come before the pruned map that feeds one of
-    its producers); graph order otherwise, and where the groups feed each other both ways."""
-    order = nx.DiGraph()
-    order.add_nodes_from(range(len(groups)))
-    for before, (members, _, _) in enumerate(groups):
-        names = {node.name for node in members}
-        for after, (_, starts, _) in enumerate(groups):
-            if after != before and any(names & (nx.ancestors(graph, start) | {start})
-                                       for start in starts):
-                order.add_edge(before, after)
-    try:
-        return [groups[index] for index in nx.lexicographical_topological_sort(order)]
-    except nx.NetworkXUnfeasible:
-        return groups
-
-
-def _layerwise(teacher, student, images, config, progress, only: set[str]
+def _layerwise(teacher, student, images, config, progress, only: set[str], held: int
                ) -> list[StepReport]:
     """The layer-wise steps that train one of the nodes ``only`` names."""
     source = _input_name(student)
     reports: list[StepReport] = []
-    chosen = [group for group in _layer_groups(student)
+    chosen = [group for group in layer_groups(student)
               if any(node.name in only for node in group[0])]
     groups = tqdm(chosen, desc="recover layers", leave=False, disable=not progress or None)
     for members, starts, convs in groups:
@@ -375,5 +342,5 @@ def _layerwise(teacher, student, images, config, progress, only: set[str]
         targets = run_batched(segment(teacher, [_input_name(teacher)], convs), [images],
                               config.eval_batch_size)
         reports.append(_train(student, targets, (starts, features), members, convs,
-                              config, progress))
+                              config, progress, held))
     return reports

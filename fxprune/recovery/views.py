@@ -50,11 +50,19 @@ def with_views(images: torch.Tensor, views: int, mix: bool, seed: int) -> torch.
     extra = []
     for _ in range(views):
         view = augment(images, generator)
-        if mix and len(images) > 1:
-            # a partner other than the image itself: shift by 1..n-1 places
-            shift = torch.randint(1, len(images), (len(images),), generator=generator)
-            partner = view[(torch.arange(len(images)) + shift) % len(images)]
-            weight = (0.5 + 0.5 * torch.rand(len(images), generator=generator)).to(view)
-            view = weight.view(-1, 1, 1, 1) * view + (1 - weight.view(-1, 1, 1, 1)) * partner
-        extra.append(view)
+        extra.append(blend(view, generator) if mix else view)
     return torch.cat([images, *extra]) if extra else images
+
+
+def blend(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of ``batch`` blended with another one of the batch, ``λ·a + (1 − λ)·b``,
+    ``λ ~ U(0.5, 1)`` per image, so that every image stays the larger part of its blend; a
+    batch of one image is returned as it is."""
+    count = len(batch)
+    if count < 2:
+        return batch
+    # a partner other than the image itself: shift by 1..n-1 places
+    shift = torch.randint(1, count, (count,), generator=generator)
+    partner = batch[(torch.arange(count) + shift) % count]
+    weight = (0.5 + 0.5 * torch.rand(count, generator=generator)).to(batch).view(-1, 1, 1, 1)
+    return weight * batch + (1 - weight) * partner
