@@ -44,7 +44,9 @@ SCHEMES = {"filters 50%": dict(drop=None, filters=FilterPruning(0.5)),
 CE_MSE = FinetuneConfig("ce-mse")
 KD = FinetuneConfig("kd")
 RESULTS = ROOT / "tools" / "results" / "cifar_resnet56_filter"
-COMMAND = "`.venv/bin/python tools/bench_filters.py --sizes 10 20 30 --seeds 0 1 2 --threads 2`"
+COMMAND = ("`.venv/bin/python tools/bench_filters.py --sizes 10 20 30 --seeds 0 1 2 --threads 2`"
+           " (the practise+kd rows: the same with `--threads 1`, stopped after cell 20/0, "
+           "beside other jobs)")
 
 
 class Bench:
