@@ -190,6 +190,9 @@ class Recovery:
         if not 0 <= self.holdout < 1:
             raise FxpruneError(f"--holdout is a fraction of the tiny set in [0, 1), not "
                                f"{self.holdout}")
+        if self.holdout and (self.steps == 0 or self._closed_form):
+            raise FxpruneError("--holdout judges gradient fits; the closed form (--steps 0, or "
+                               "--schedule layerwise without --steps or --init) has none")
         if self.mix and self.views == 0:
             raise FxpruneError("--mix blends augmented views: it cannot go with --views 0")
         if self.steps == 0 and self.init != Init.LSTSQ:
@@ -202,11 +205,15 @@ class Recovery:
             return Placement(self.placement)
         return Placement.PAPER if self.schedule == Schedule.LAYERWISE else Placement.CVPR
 
+    @property
+    def _closed_form(self) -> bool:
+        return self.schedule == Schedule.LAYERWISE and self.init is None \
+            and self.steps is None and self.fit is None
+
     def config(self, seed: int, images: int = 0) -> RecoveryConfig:
         """The engine's configuration for a tiny set of ``images`` images (they decide the
         default number of views), every shuffle seeded by ``seed``."""
-        closed_form = self.schedule == Schedule.LAYERWISE and self.init is None \
-            and self.steps is None and self.fit is None
+        closed_form = self._closed_form
         init = Init.LSTSQ if closed_form else Init(self.init or Init.IDENTITY)
         fit = self.fit or (replace(DEFAULT_FIT, max_steps=self.steps) if self.steps
                            else DEFAULT_FIT)

@@ -102,6 +102,7 @@ class Bench:
                 "mac_ratio": models["compressed"].macs / models["original"].macs,
                 "latency_ratio": latency, "seconds": seconds,
                 "steps": steps or DEFAULT_FIT.max_steps,
+                "recipe": "default" if steps is None else "lr 1e-3, minibatches of 64",
                 "threads": torch.get_num_threads(), "auto": report.as_json()["auto"]}
 
 

@@ -97,7 +97,7 @@ def register(commands) -> None:
     parser.add_argument("--mix", action="store_true",
                         help="blend each augmented view with another image of the set")
     parser.add_argument("--holdout", type=float, default=0.0, metavar="F",
-                        help="keep this fraction of the tiny set (its last images) out of "
+                        help="keep this fraction of the tiny set (a seeded draw) out of "
                              "adapter training, to judge each fit and stop it where those "
                              "images are matched best, e.g. 0.2 (default 0: the training "
                              "loss judges)")

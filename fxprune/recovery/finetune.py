@@ -9,8 +9,9 @@
   BN in train mode.
 * ``"kd"``: label-free distillation of the logits, ``KL(softmax(teacher) ‖ softmax(student))``,
   all parameters, BN keeps its running statistics; Adam, lr 2e-5, minibatches of 32, 300
-  steps. Every step sees new inputs: a crop + flip of each image, blended with another image
-  of the set (``fxprune.recovery.views.blend``), which the teacher labels for free. The
+  steps. Every step sees new inputs, which the teacher labels for free: a crop + flip of each
+  image (unless ``augment=False``), always blended with another image of the minibatch
+  (``fxprune.recovery.views.blend``; a minibatch of one image stays as it is). The
   adapters of a block drop fit the features stage by stage and are linear; this trains what
   they cannot reach, against the output that matters. CIFAR-10 ResNet-56, 3 blocks dropped,
   50 images: see ``tools/results/recovery_ablation.md``.
@@ -50,8 +51,10 @@ SCHEDULES = {"ce-mse": PAPER_SCHEDULE, "mse": PAPER_SCHEDULE, "mir": PAPER_SCHED
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """A finetune; the optimizer settings left ``None`` are the objective's (``SCHEDULES``).
-    ``max_steps`` bounds the optimizer steps whatever the set size."""
+    """A finetune; the optimizer settings left ``None`` are the objective's (``SCHEDULES``),
+    resolved when the config is made: ``dataclasses.replace(config, objective=...)`` keeps the
+    first objective's, so build a new config for another objective. ``max_steps`` bounds the
+    optimizer steps whatever the set size (``kd``: 300 unless given)."""
 
     objective: str = "ce-mse"
     beta: float = 100.0

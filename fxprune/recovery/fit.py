@@ -109,6 +109,10 @@ def fit(module: nn.Module, parameters: Sequence[nn.Parameter], inputs: Sequence[
     and after the last: training never ends worse *on them* than it began, and stops once they
     have not improved for ``config.patience`` epochs. Returns the training loss of every
     epoch."""
+    if validation is not None and any(child.training for child in module.modules()
+                                      if isinstance(child, nn.modules.batchnorm._BatchNorm)):
+        raise ValueError("validation runs forward passes that a BN layer in train mode would "
+                         "learn its running statistics from; put BN in eval mode")
     with trainable(module, parameters):
         return _run(module, list(parameters), inputs, targets, config, description, progress,
                     validation)

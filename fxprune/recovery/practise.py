@@ -41,8 +41,8 @@ choice, where they normalise with batch statistics and update their running stat
 the adapters train. Before any training, ``bn_stats`` may re-estimate the running statistics
 of the damaged student on the tiny set (``fxprune.recovery.bn_stats``), and ``views`` adds
 augmented copies of the tiny set as training pairs (``fxprune.recovery.views``). With
-``holdout``, the last images of the set are kept out of every fit and judge it instead of the
-training loss (``fit``'s validation).
+``holdout``, a seeded random part of the set is kept out of every fit (and of BN
+re-estimation and views) and judges it instead of the training loss (``fit``'s validation).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class RecoveryConfig:
     eval_batch_size: int = 256
     views: int = 0  # augmented copies of the tiny set added as training pairs (views.py)
     mix: bool = False  # views also blended with another image of the set
-    # the fraction of the tiny set (its last images) kept out of training to judge each fit
+    # the fraction of the tiny set (a seeded draw) kept out of training to judge each fit
     holdout: float = 0.0
 
     def __post_init__(self):
@@ -115,13 +115,18 @@ class RecoveryConfig:
         if self.holdout and self.bn == "train":
             raise ValueError("a holdout is judged in eval mode; it cannot go with bn='train' "
                              "(a forward pass would update the running statistics)")
+        if self.holdout and self.fit is None:
+            raise ValueError("a holdout judges gradient fits; the closed form (fit=None) "
+                             "has none")
 
-    def held_out(self, images: int) -> int:
-        """How many of ``images`` images the holdout keeps out of training (at least one
-        when there is a holdout, and never all)."""
-        if not self.holdout:
-            return 0
-        return min(max(1, round(self.holdout * images)), images - 1)
+    def held_out(self, images: int) -> torch.Tensor:
+        """The rows of a set of ``images`` images that the holdout keeps out of training, in
+        order: a random draw seeded by the fit's seed (not the last rows: a set read from
+        class folders is sorted by class), at least one when there is a holdout, never all."""
+        count = min(max(1, round(self.holdout * images)), images - 1) if self.holdout else 0
+        seed = self.fit.seed if self.fit is not None else 0
+        draw = torch.randperm(images, generator=torch.Generator().manual_seed(seed))
+        return draw[:count].sort().values
 
 
 @dataclass
@@ -193,9 +198,9 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
     Raises ``PreconditionError`` before training anything when the schedule cannot train every
     adapter (layer-wise: an adapter not placed before a conv; stage-wise and joint: an adapter
     after the last stage output)."""
-    if stages is not None and config.views:
-        raise ValueError("stages are the teacher's features on the images themselves; with "
-                         "views the training images are others")
+    if stages is not None and (config.views or config.holdout):
+        raise ValueError("stages are the teacher's features on the images themselves, in "
+                         "order; with views or a holdout the training images are others")
     teacher.eval()
     student.eval()
     outputs = stages.outputs if stages is not None else None
@@ -204,11 +209,17 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
         _check_stage_schedule(student, outputs)
     elif config.fit is not None:
         _check_layerwise(student)
+    held_rows = config.held_out(len(images))
+    held = len(held_rows)
+    if held:  # training rows first, in order; the held-out ones last, never augmented
+        kept = torch.ones(len(images), dtype=torch.bool)
+        kept[held_rows] = False
+        images, held_images = images[kept], images[held_rows]
     reestimate_batchnorm(teacher, student, images, config.bn_stats)
-    held = config.held_out(len(images))
-    trained_on = with_views(images[:len(images) - held], config.views, config.mix,
-                            config.fit.seed if config.fit is not None else 0)
-    images = torch.cat([trained_on, images[len(images) - held:]]) if held else trained_on
+    images = with_views(images, config.views, config.mix,
+                        config.fit.seed if config.fit is not None else 0)
+    if held:
+        images = torch.cat([images, held_images])
     untrained = {node.name for node in recovery_nodes(student)} - set(trained)
     with channels_last(teacher, student):
         images = images.contiguous(memory_format=torch.channels_last)
