@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fxprune.adapters import Adapter, MaskedConv
+from fxprune.errors import PreconditionError
 from fxprune.meta import prune_group, tensor_meta
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.ELU,
@@ -165,6 +166,15 @@ def to_digraph(graph: fx.Graph) -> nx.DiGraph:
         for source in node.all_input_nodes:
             digraph.add_edge(source.name, node.name)
     return digraph
+
+
+def input_name(gm: fx.GraphModule) -> str:
+    """The name of the network's one input (recovery and finetuning feed it the tiny set)."""
+    placeholders = [node.name for node in gm.graph.nodes if node.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise PreconditionError(f"recovery and finetuning need a single-input network, got "
+                                f"{placeholders}")
+    return placeholders[0]
 
 
 def output_node(graph: fx.Graph) -> fx.Node:

@@ -108,7 +108,8 @@ def test_recovery_leaves_ordinary_contiguous_tensors(teacher, images):
 @pytest.mark.parametrize("schedule", ["stagewise", "joint"])
 def test_given_teacher_stages_train_the_same_adapters(teacher, images, schedule):
     """Features computed once by the caller (``teacher_stages``) stand for the ones recover
-    would compute: the adapters train to the same values; with views they are refused."""
+    would compute: the adapters train to the same values; with views or a holdout they are
+    refused."""
     config = RecoveryConfig(schedule=schedule, fit=FitConfig(lr=3e-3, max_steps=6, patience=6))
     computed, given = (student_with_adapters(teacher, "cvpr") for _ in range(2))
     recover(teacher, computed, images, config, progress=False)
@@ -124,5 +125,8 @@ def test_given_teacher_stages_train_the_same_adapters(teacher, images, schedule)
                                    rtol=0, atol=0)  # the same features, the same arithmetic
     assert not torch.equal(computed.state_dict()[trained[0]],
                            student_with_adapters(teacher, "cvpr").state_dict()[trained[0]])
-    with pytest.raises(ValueError, match="views"):
-        recover(teacher, given, images, replace(config, views=1), progress=False, stages=stages)
+    for others in (dict(views=1), dict(holdout=0.25)):  # the fits would train on other images
+        assert not replace(config, **others).trains_on_given_images
+        with pytest.raises(ValueError, match="views or a holdout"):
+            recover(teacher, given, images, replace(config, **others), progress=False,
+                    stages=stages)

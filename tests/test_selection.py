@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,14 @@ def test_recoverability(small_resnet, images):
     after = scorer(["1.2"])
     assert 0 < after < before  # the brief recovery helps
     assert scorer(["1.2"]) == after and scorer.evaluations == 2  # memoised
+
+
+def test_a_scoring_recovery_with_a_holdout_computes_its_own_stages(small_resnet, images):
+    """A holdout trains on part of the images, so the teacher's features on all of them
+    cannot be shared between candidates: each recovery computes its own."""
+    scorer = Recoverability(small_resnet, images, replace(QUICK, holdout=0.25))
+    assert scorer.stages is None
+    assert scorer(["1.2"]) > 0
 
 
 def test_scores_do_not_depend_on_workers_or_on_what_was_scored_before(small_resnet, images):

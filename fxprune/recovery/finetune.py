@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from fxprune.analysis.structure import find_structure
 from fxprune.datasets import augment
 from fxprune.errors import FxpruneError, PreconditionError
-from fxprune.graph import module_of, named_modules, output_node
+from fxprune.graph import input_name, module_of, named_modules, output_node
 from fxprune.meta import kept_channels, stand_in
 from fxprune.recovery.fit import channels_last, set_batchnorm_training, trainable
 from fxprune.recovery.views import blend
@@ -112,7 +112,7 @@ class _Objective:
     def __init__(self, teacher: fx.GraphModule, student: fx.GraphModule,
                  config: FinetuneConfig):
         self.config = config
-        source = next(node.name for node in teacher.graph.nodes if node.op == "placeholder")
+        source = input_name(teacher)
         if config.objective == "kd":
             self.teacher = segment(teacher.eval(), [source], [_logits_name(teacher)])
             self.student = segment(student, [source], [_logits_name(student)])

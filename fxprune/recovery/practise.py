@@ -56,7 +56,8 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from fxprune.errors import PreconditionError
-from fxprune.graph import adapter_nodes, conv_of, masked_nodes, named_modules, recovery_nodes
+from fxprune.graph import (adapter_nodes, conv_of, input_name, masked_nodes, named_modules,
+                           recovery_nodes)
 from fxprune.meta import adapter_site, prune_group, stand_in
 from fxprune.recovery.bn_stats import BN_STATS, reestimate_batchnorm
 from fxprune.recovery.fit import (RECOVERY_BATCH, FitConfig, channels_last, fit,
@@ -119,6 +120,13 @@ class RecoveryConfig:
             raise ValueError("a holdout judges gradient fits; the closed form (fit=None) "
                              "has none")
 
+    @property
+    def trains_on_given_images(self) -> bool:
+        """Whether every fit trains on exactly the images given, in order (no views, no
+        holdout): then the teacher's features on them can be computed once for many
+        recoveries (``recover(stages=...)``)."""
+        return not (self.views or self.holdout)
+
     def held_out(self, images: int) -> torch.Tensor:
         """The rows of a set of ``images`` images that the holdout keeps out of training, in
         order: a random draw seeded by the fit's seed (not the last rows: a set read from
@@ -139,13 +147,6 @@ class StepReport:
     loss_after: float
     epochs: int
     seconds: float
-
-
-def _input_name(gm: fx.GraphModule) -> str:
-    placeholders = [node.name for node in gm.graph.nodes if node.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise PreconditionError(f"recovery needs a single-input network, got {placeholders}")
-    return placeholders[0]
 
 
 def _parameters(gm: fx.GraphModule, nodes: list[fx.Node]) -> list[nn.Parameter]:
@@ -198,7 +199,7 @@ def recover(teacher: fx.GraphModule, student: fx.GraphModule, images: torch.Tens
     Raises ``PreconditionError`` before training anything when the schedule cannot train every
     adapter (layer-wise: an adapter not placed before a conv; stage-wise and joint: an adapter
     after the last stage output)."""
-    if stages is not None and (config.views or config.holdout):
+    if stages is not None and not config.trains_on_given_images:
         raise ValueError("stages are the teacher's features on the images themselves, in "
                          "order; with views or a holdout the training images are others")
     teacher.eval()
@@ -267,9 +268,9 @@ def _solve_layerwise(teacher, student, images, config, progress, only: set[str]
         site = adapter_site(adapter)
         producer = adapter.args[0].name
         compared = site.conv if site.side == "input" else adapter.name
-        features = run_batched(segment(student, [_input_name(student)], [producer]), [images],
+        features = run_batched(segment(student, [input_name(student)], [producer]), [images],
                                config.eval_batch_size)[0]
-        target = run_batched(segment(teacher, [_input_name(teacher)], [site.conv]), [images],
+        target = run_batched(segment(teacher, [input_name(teacher)], [site.conv]), [images],
                              config.eval_batch_size)[0]
         module = segment(student, [producer], [compared])
         before = _losses(module, [features], [target], config.eval_batch_size)
@@ -290,7 +291,7 @@ def _joint(student, stages, images, config, progress, only: set[str], held: int
     adapters = [node for node in recovery_nodes(student) if node.name in only]
     if not adapters:
         return []
-    return [_train(student, targets, ([_input_name(student)], [images]), adapters, outputs,
+    return [_train(student, targets, ([input_name(student)], [images]), adapters, outputs,
                    config, progress, held)]
 
 
@@ -321,7 +322,7 @@ def _stagewise(student, stages, images, config, progress, only: set[str], held: 
     order = {node.name: index for index, node in enumerate(student.graph.nodes)}
     adapters = [node for node in recovery_nodes(student) if node.name in only]
     reports: list[StepReport] = []
-    source, features = _input_name(student), images
+    source, features = input_name(student), images
     lower = -1
     stages = tqdm(list(zip(student_outputs, targets)), desc="recover stages", leave=False,
                   disable=not progress or None)
@@ -340,7 +341,7 @@ def _stagewise(student, stages, images, config, progress, only: set[str], held: 
 def _layerwise(teacher, student, images, config, progress, only: set[str], held: int
                ) -> list[StepReport]:
     """The layer-wise steps that train one of the nodes ``only`` names."""
-    source = _input_name(student)
+    source = input_name(student)
     reports: list[StepReport] = []
     chosen = [group for group in layer_groups(student)
               if any(node.name in only for node in group[0])]
@@ -350,7 +351,7 @@ def _layerwise(teacher, student, images, config, progress, only: set[str], held:
                                config.eval_batch_size)
         # one teacher pass per step: holding every conv target at once would cost memory
         # proportional to the whole network's activations on the tiny set
-        targets = run_batched(segment(teacher, [_input_name(teacher)], convs), [images],
+        targets = run_batched(segment(teacher, [input_name(teacher)], convs), [images],
                               config.eval_batch_size)
         reports.append(_train(student, targets, (starts, features), members, convs,
                               config, progress, held))

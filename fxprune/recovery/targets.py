@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from fxprune.analysis.structure import find_structure
+from fxprune.graph import input_name
 from fxprune.meta import kept_channels, stand_in
 from fxprune.segments import run_batched, segment
 
@@ -36,8 +37,8 @@ def teacher_stages(teacher: fx.GraphModule, images: torch.Tensor, batch_size: in
                    outputs: tuple[str, ...] | None = None) -> TeacherStages:
     """The teacher's features at ``outputs`` (default: its stage outputs) on ``images``."""
     outputs = stage_outputs(teacher) if outputs is None else outputs
-    source = next(node.name for node in teacher.graph.nodes if node.op == "placeholder")
-    features = run_batched(segment(teacher, [source], list(outputs)), [images], batch_size)
+    features = run_batched(segment(teacher, [input_name(teacher)], list(outputs)), [images],
+                           batch_size)
     return TeacherStages(outputs, tuple(feature.contiguous(memory_format=torch.channels_last)
                                         for feature in features))
 

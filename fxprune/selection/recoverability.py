@@ -34,7 +34,7 @@ from torch import fx
 
 from fxprune.analysis.structure import find_structure
 from fxprune.errors import FxpruneWarning
-from fxprune.graph import named_modules, recovery_nodes
+from fxprune.graph import input_name, named_modules, recovery_nodes
 from fxprune.meta import adapter_site, stand_in
 from fxprune.options import Drop, Options, Recovery
 from fxprune.recovery.fit import RECOVERY_BATCH, FitConfig, channels_last
@@ -66,13 +66,13 @@ class Recoverability:
         self.recovery = recovery
         self.placement = placement
         self.batch_size = batch_size
-        self.source = next(node.name for node in teacher.graph.nodes if node.op == "placeholder")
+        self.source = input_name(teacher)
         self.feature = self.structure.last_exit
         self.target = self._feature(teacher)
         # what every candidate's recovery mimics, computed once (as recover would: in
         # channels-last memory, so that a score does not depend on who computed them)
         self.stages = None
-        if not recovery.views:
+        if recovery.trains_on_given_images:
             with channels_last(teacher):
                 self.stages = teacher_stages(
                     teacher, images.contiguous(memory_format=torch.channels_last), batch_size)
